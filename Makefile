@@ -1,0 +1,33 @@
+# Build helpers. The README's two commands are `make demo` and `make test`; both set up
+# everything they need (virtual environment, package, Delta jars) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_LANDING ?= data/landing
+
+.PHONY: install demo test lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/lakehouse jars > /dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	@test -f $(DEMO_LANDING)/manifest.json || $(BIN)/lakehouse demo generate --out $(DEMO_LANDING)
+	$(BIN)/lakehouse ingest events
+	$(BIN)/lakehouse ingest crm
+	$(BIN)/lakehouse tables
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf data spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""What ``lakehouse tables`` reports: every registered table's path, version, rows and last run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from jobs.runlog import JOB_RUNS
+from jobs.tables import REGISTRY, is_delta_table, table_path
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    table: str
+    path: str
+    exists: bool
+    version: int | None = None
+    rows: int | None = None
+    corrupt_rows: int | None = None
+    last_commit_at: datetime | None = None
+    last_run_id: str | None = None
+    last_run_job: str | None = None
+    last_run_status: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.last_commit_at is not None:
+            out["last_commit_at"] = self.last_commit_at.isoformat()
+        return out
+
+
+def _last_runs(spark: SparkSession, root: str) -> dict[str, tuple[str, str, str]]:
+    """Per table, the latest run that wrote it: (run_id, job, status)."""
+    path = table_path(root, JOB_RUNS)
+    if not is_delta_table(spark, path):
+        return {}
+    runs = spark.read.format("delta").load(path)
+    latest = (
+        runs.select("run_id", "job", "status", "started_at", F.explode("delta_versions"))
+        .groupBy("key")
+        .agg(F.max_by(F.struct("run_id", "job", "status"), "started_at").alias("run"))
+        .collect()  # one row per table
+    )
+    result = {row["key"]: tuple(row["run"]) for row in latest}
+    last = runs.orderBy(F.desc("started_at")).select("run_id", "job", "status").first()
+    if last is not None:
+        result[JOB_RUNS] = tuple(last)
+    return result
+
+
+def table_statuses(spark: SparkSession, root: str) -> list[TableStatus]:
+    runs = _last_runs(spark, root)
+    statuses = []
+    for key in REGISTRY:
+        path = table_path(root, key)
+        if not is_delta_table(spark, path):
+            statuses.append(TableStatus(key, path, exists=False))
+            continue
+        df = spark.read.format("delta").load(path)
+        counts = [F.count(F.lit(1)).alias("rows")]
+        if "_corrupt_record" in df.columns:
+            counts.append(F.count("_corrupt_record").alias("corrupt"))
+        row = df.agg(*counts).first()
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()
+        run_id, job, status = runs.get(key, (None, None, None))
+        statuses.append(TableStatus(
+            key, path, exists=True, version=int(history["version"]), rows=int(row["rows"]),
+            corrupt_rows=int(row["corrupt"]) if "corrupt" in row else None,
+            last_commit_at=history["timestamp"], last_run_id=run_id, last_run_job=job,
+            last_run_status=status,
+        ))
+    return statuses

@@ -1,0 +1,204 @@
+"""The ``lakehouse`` command: one click group driving every job.
+
+Job modules (and pyspark) are imported inside their commands, so ``lakehouse --help`` is
+instant. Operator mistakes (config, paths, arguments) print one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from jobs.errors import LakehouseError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from jobs.settings import Settings
+
+
+class OperatorError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class LakehouseGroup(click.Group):
+    """Turns a LakehouseError raised anywhere below into a one-line error with exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LakehouseError as exc:
+            raise OperatorError(str(exc)) from None
+
+
+class UtcTimestamp(click.ParamType):
+    """ISO 8601 (``2026-11-20T12:00:00Z``, ``…+02:00``, ``2026-11-20``) as an aware UTC datetime."""
+
+    name = "TIMESTAMP"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 timestamp (e.g. 2026-11-20T12:00:00Z)", param, ctx)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+
+
+class Runtime:
+    """Settings and Spark, made on first use so that ``--help`` and bad arguments stay fast."""
+
+    def __init__(self, env: str | None, conf_path: str | None, overrides: tuple[str, ...]):
+        self.env, self.conf_path, self.overrides = env, conf_path, overrides
+
+    @cached_property
+    def settings(self) -> Settings:
+        from jobs.settings import load_settings
+
+        return load_settings(self.env, self.conf_path, self.overrides)
+
+    @cached_property
+    def spark(self) -> SparkSession:
+        from jobs.spark import get_spark
+
+        return get_spark(self.settings.spark)
+
+
+pass_runtime = click.make_pass_decorator(Runtime)
+
+
+@click.group(cls=LakehouseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--env", help="Environment: reads conf/<env>.yaml (default: $LAKEHOUSE_ENV or local).")
+@click.option("--conf", "conf_path", metavar="PATH",
+              help="A settings file to use instead of conf/<env>.yaml.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one setting, e.g. --set lakehouse.root=/tmp/lh (repeatable).")
+@click.version_option(package_name="email-lakehouse", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, env: str | None, conf_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Email-personalization lakehouse: land, cleanse, model and sync customer data."""
+    ctx.obj = Runtime(env, conf_path, overrides)
+
+
+# -- demo --------------------------------------------------------------------------------------
+@cli.group(cls=LakehouseGroup)
+def demo() -> None:
+    """Generate demo data for the embedded default pipeline."""
+
+
+@demo.command("generate")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write events/, crm/ and manifest.json into (e.g. the landing root).")
+@click.option("--customers", default=200, show_default=True, type=click.IntRange(1),
+              help="Number of CRM customers.")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1),
+              help="Days of events, ending at --end.")
+@click.option("--events-per-day", default=1000, show_default=True, type=click.IntRange(1),
+              help="Clean events per day (dirt comes on top).")
+@click.option("--seed", default=42, show_default=True, type=int, help="Random seed; same seed, same files.")
+@click.option("--end", type=UtcTimestamp(), default=None,
+              help="End of the generated period, not in the future (default: this hour, UTC).")
+def demo_generate(out: Path, customers: int, days: int, events_per_day: int, seed: int,
+                  end: datetime | None) -> None:
+    """Write realistic demo events and CRM exports with known dirt, plus a manifest."""
+    from jobs.demo import generate
+
+    if end is not None and end > datetime.now(UTC) + timedelta(minutes=1):
+        raise OperatorError(f"--end {end.isoformat()} is in the future; demo events must have happened")
+    if (out / "manifest.json").exists():
+        raise OperatorError(f"{out} already holds demo data (manifest.json); choose an empty folder")
+    manifest = generate(out, customers=customers, days=days, events_per_day=events_per_day,
+                        seed=seed, end=end)
+    events, crm = manifest["events"], manifest["crm"]
+    click.echo(
+        f"wrote {events['lines']:,} event lines ({events['valid']:,} clean) in "
+        f"{len(manifest['files']['events'])} files and {crm['rows']:,} CRM rows to {out}"
+    )
+
+
+# -- ingest ------------------------------------------------------------------------------------
+@cli.group(cls=LakehouseGroup)
+def ingest() -> None:
+    """Land new files of the landing zone as bronze Delta tables, exactly once."""
+
+
+def _ingest(runtime: Runtime, kind: str, source: str | None) -> None:
+    from jobs.ingest import ingest as run_ingest
+    from jobs.report import format_table
+
+    settings = runtime.settings
+    if source is not None:
+        settings.source(source, kind)  # fail on a wrong name before starting Spark
+    results = run_ingest(runtime.spark, settings, kind, source)
+    click.echo(format_table(
+        ["source", "table", "batch", "files", "rows", "corrupt", "version", "run_id"],
+        [[r.source, r.table, r.batch_id, r.files, r.rows, r.corrupt_rows, r.table_version, r.run_id]
+         for r in results],
+    ))
+
+
+@ingest.command("events")
+@click.option("--source", help="One event source from conf/sources (default: ingest.event_sources).")
+@pass_runtime
+def ingest_events(runtime: Runtime, source: str | None) -> None:
+    """Land new event files into bronze.events."""
+    _ingest(runtime, "events", source)
+
+
+@ingest.command("crm")
+@click.option("--source", help="One CRM source from conf/sources (default: ingest.crm_sources).")
+@pass_runtime
+def ingest_crm(runtime: Runtime, source: str | None) -> None:
+    """Land new CRM export files into bronze.crm."""
+    _ingest(runtime, "crm", source)
+
+
+# -- tables ------------------------------------------------------------------------------------
+@cli.command("tables")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_runtime
+def tables(runtime: Runtime, as_json: bool) -> None:
+    """List every table: path, Delta version, row count, last run."""
+    from jobs.catalog import table_statuses
+    from jobs.report import format_table
+
+    statuses = table_statuses(runtime.spark, runtime.settings.lakehouse.root)
+    if as_json:
+        click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
+        return
+    click.echo(format_table(
+        ["table", "version", "rows", "corrupt", "last commit (UTC)", "last run", "status", "path"],
+        [[s.table, s.version, s.rows, s.corrupt_rows, s.last_commit_at, s.last_run_id,
+          s.last_run_status, s.path if s.exists else f"{s.path} (not created)"] for s in statuses],
+    ))
+
+
+# -- jars --------------------------------------------------------------------------------------
+@cli.command("jars")
+@click.option("--sep", default=",", show_default=True, help="Separator between the jar paths.")
+def jars(sep: str) -> None:
+    """Print the cached Delta jars for spark-submit --jars (downloading them once)."""
+    from jobs.jars import cached_delta_jars, resolve_delta_jars
+
+    paths = cached_delta_jars() or resolve_delta_jars()
+    click.echo(sep.join(str(p) for p in paths))
+
+
+def main() -> None:
+    cli.main(prog_name="lakehouse")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

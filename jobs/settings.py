@@ -1,0 +1,321 @@
+"""Settings: one YAML file per environment (``conf/<env>.yaml``) plus source mappings
+(``conf/sources/*.yaml``), validated into frozen pydantic models.
+
+Precedence: ``--conf PATH`` over ``--env E`` over ``$LAKEHOUSE_ENV`` over ``local``; then each
+``--set dotted.key=value`` (the value is read as YAML, so ``4`` is a number and ``true`` a bool).
+Every problem is a :class:`ConfigError` whose one-line message names the file (or the ``--set``)
+and the key. Secrets never live in these files: a setting that needs one names the environment
+variable holding it (keys ending in ``_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.errors import ConfigError
+
+DEFAULT_ENV = "local"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+EVENT_COLUMNS = (
+    "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "timestamp",
+    "product_id", "url", "user_agent",
+)
+CRM_COLUMNS = (
+    "customer_id", "email", "first_name", "last_name", "birth_date", "city", "country",
+    "email_consent", "updated_at",
+)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path or path.startswith(("s3a:", "s3:", "hdfs:", "file:"))
+
+
+def _absolute(path: str) -> str:
+    """Local paths become absolute (relative to the working directory); URIs stay as they are."""
+    return path if _is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+class RootSettings(Frozen):
+    root: str = Field(description="A local path (made absolute) or a Hadoop URI such as s3a://.")
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, root: str) -> str:
+        return _absolute(root)
+
+
+class LakehouseSettings(RootSettings):
+    """Root of every Delta table: ``{root}/{layer}/{name}``."""
+
+
+class LandingSettings(RootSettings):
+    """Landing zone; each source reads a folder under it."""
+
+
+SparkConfValue = str | int | float | bool
+
+
+class SparkSettings(Frozen):
+    master: str | None = Field(
+        default="local[*]",
+        description="Master URL; ignored under spark-submit, which sets its own.",
+    )
+    app_name: str = "email-lakehouse"
+    profile: Literal["default", "test"] = Field(
+        default="default", description="'test' adds the fast single-core test confs."
+    )
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    conf: dict[str, SparkConfValue] = Field(default_factory=dict)
+
+
+class IngestSettings(Frozen):
+    event_sources: tuple[str, ...] = ("web",)
+    crm_sources: tuple[str, ...] = ("crm",)
+
+
+class SourceSettings(Frozen):
+    """One landing source: where its files are and how their fields map to bronze columns."""
+
+    name: str
+    kind: Literal["events", "crm"]
+    format: Literal["json", "csv"]
+    path: str | None = Field(default=None, description="Folder under landing.root (or a URI).")
+    description: str = ""
+    options: dict[str, str] = Field(default_factory=dict, description="CSV reader options.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="bronze column -> source field; unnamed ones map 1:1."
+    )
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="properties key -> source field (events only)."
+    )
+    properties_field: str | None = Field(
+        default="properties", description="Source field holding a nested object of properties."
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, columns: dict[str, str], info: Any) -> dict[str, str]:
+        kind = info.data.get("kind")
+        allowed = EVENT_COLUMNS if kind == "events" else CRM_COLUMNS
+        unknown = sorted(set(columns) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown bronze column {unknown[0]!r} for a {kind} source "
+                f"(expected one of {', '.join(allowed)})"
+            )
+        return columns
+
+    def bronze_columns(self) -> tuple[str, ...]:
+        return EVENT_COLUMNS if self.kind == "events" else CRM_COLUMNS
+
+    def source_field(self, column: str) -> str:
+        return self.columns.get(column, column)
+
+
+class Settings(Frozen):
+    env: str
+    config_file: str
+    lakehouse: LakehouseSettings
+    landing: LandingSettings
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+
+    def source(self, name: str, kind: str) -> SourceSettings:
+        source = self.sources.get(name)
+        if source is None:
+            known = ", ".join(sorted(n for n, s in self.sources.items() if s.kind == kind))
+            raise ConfigError(f"unknown {kind} source {name!r} (configured: {known or 'none'})")
+        if source.kind != kind:
+            raise ConfigError(f"source {name!r} holds {source.kind}, not {kind}")
+        return source
+
+    def source_path(self, source: SourceSettings) -> str:
+        folder = source.path or source.name
+        if _is_uri(folder) or folder.startswith("/"):
+            return folder
+        return f"{self.landing.root.rstrip('/')}/{folder}"
+
+
+def conf_dir() -> Path:
+    configured = os.environ.get("LAKEHOUSE_CONF_DIR")
+    if configured:
+        return Path(configured)
+    bundled = PROJECT_ROOT / "conf"
+    return bundled if bundled.is_dir() else Path.cwd() / "conf"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _field_is_free_mapping(annotation: Any) -> bool:
+    return get_origin(annotation) is dict or annotation is dict
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _split_key(key: str) -> list[str]:
+    """Split a dotted --set key along the Settings model; a dict field takes the rest whole.
+
+    ``spark.conf.spark.sql.shuffle.partitions`` -> ``[spark, conf, spark.sql.shuffle.partitions]``.
+    """
+    parts = key.split(".")
+    model: type[BaseModel] | None = Settings
+    out: list[str] = []
+    while parts:
+        head = parts.pop(0)
+        out.append(head)
+        field = model.model_fields.get(head) if model else None
+        if field is None:
+            if model is not None:
+                raise ConfigError(f"unknown setting {key!r} (from --set)")
+            continue
+        if _field_is_free_mapping(field.annotation) and parts:
+            out.append(".".join(parts))
+            break
+        model = _model_of(field.annotation)
+    return out
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes key=value, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _apply(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = _split_key(key)
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if value is not None and not isinstance(value, dict | list):
+        message += f" (got {value!r})"
+    return message
+
+
+def _loc(error: Mapping[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"])
+
+
+def _load_sources(directory: Path) -> dict[str, SourceSettings]:
+    sources: dict[str, SourceSettings] = {}
+    if not directory.is_dir():
+        return sources
+    for path in sorted(directory.glob("*.yaml")):
+        data = _read_yaml(path)
+        data.setdefault("name", path.stem)
+        try:
+            source = SourceSettings.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise ConfigError(f"{path}: {_loc(error)}: {_describe(error)}") from None
+        if source.name in sources:
+            raise ConfigError(f"{path}: source {source.name!r} is defined twice")
+        sources[source.name] = source
+    return sources
+
+
+def load_settings(
+    env: str | None = None,
+    conf_path: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> Settings:
+    """Load, override and validate the settings; raise ConfigError with a one-line message."""
+    env = env or os.environ.get("LAKEHOUSE_ENV") or DEFAULT_ENV
+    if conf_path is not None:
+        path = Path(conf_path)
+    else:
+        if not ENV_VAR_NAME.match(env.replace("-", "_")):
+            raise ConfigError(f"--env must be a plain name, got {env!r}")
+        path = conf_dir() / f"{env}.yaml"
+    data = _read_yaml(path)
+    for reserved in ("env", "config_file", "sources"):
+        if reserved in data:
+            raise ConfigError(f"{path}: {reserved}: unknown key (it is set by the loader)")
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    for key in overrides:
+        if key.split(".")[0] in ("env", "config_file", "sources"):
+            raise ConfigError(f"unknown setting {key!r} (from --set)")
+        _apply(data, key, overrides[key])
+    data["env"] = env
+    data["config_file"] = str(path)
+    data["sources"] = _load_sources(path.parent / "sources")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = _loc(error)
+        overridden = next(
+            (k for k in overrides if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")),
+            None,
+        )
+        where = f"--set {overridden}" if overridden else f"{path}: {loc}"
+        raise ConfigError(f"{where}: {_describe(error)}") from None
+    for kind in ("event_sources", "crm_sources"):
+        for name in getattr(settings.ingest, kind):
+            if name not in settings.sources:
+                raise ConfigError(
+                    f"{path}: ingest.{kind}: no source {name!r} in {path.parent / 'sources'}"
+                )
+    return settings

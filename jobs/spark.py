@@ -1,0 +1,96 @@
+"""The one place a SparkSession is built.
+
+Static confs (extensions, catalog, jars, master) only take effect on the builder, so they are
+all set here, before the session exists; an active session (a notebook's, spark-submit's, the
+test suite's) is reused as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pyspark.sql import SparkSession
+
+from jobs.jars import cached_delta_jars, resolve_delta_jars
+from jobs.settings import SparkConfValue, SparkSettings, conf_dir
+
+DELTA_CONFS: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+BASE_CONFS: dict[str, str] = {
+    # Every timestamp the suite stores or prints is UTC, whatever the machine's zone.
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.debug.maxToStringFields": "200",
+    # A JSON object with a repeated key keeps the last value instead of failing the batch.
+    "spark.sql.mapKeyDedupPolicy": "LAST_WIN",
+    # Schema changes of the tables are explicit in the table registry, never merged silently.
+    "spark.databricks.delta.schema.autoMerge.enabled": "false",
+}
+
+TEST_PROFILE_CONFS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "1",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "1",
+    "spark.rdd.compress": "false",
+    "spark.shuffle.compress": "false",
+    "spark.databricks.delta.stalenessLimit": "0",
+}
+
+
+def launched_by_spark_submit() -> bool:
+    """True inside a driver that spark-submit (or pyspark) started with its own JVM and confs."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _text(value: SparkConfValue) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def session_confs(settings: SparkSettings) -> dict[str, str]:
+    """Every conf the builder gets: Delta, base, the profile's, then the user's (which win)."""
+    confs = {**DELTA_CONFS, **BASE_CONFS}
+    if settings.profile == "test":
+        confs.update(TEST_PROFILE_CONFS)
+    confs.update({key: _text(value) for key, value in settings.conf.items()})
+    if (
+        "spark.jars" not in confs
+        and "spark.jars.packages" not in confs
+        and not launched_by_spark_submit()
+    ):
+        jars = cached_delta_jars() or resolve_delta_jars()
+        confs["spark.jars"] = ",".join(str(p) for p in jars)
+    return confs
+
+
+def _local_logging(confs: dict[str, str]) -> None:
+    """Quiet driver logs for local runs; spark-submit keeps the cluster's configuration."""
+    log_conf = conf_dir() / "log4j2.properties"
+    if "spark.driver.extraJavaOptions" not in confs and log_conf.is_file():
+        confs["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log_conf.resolve().as_uri()}"
+
+
+def get_spark(settings: SparkSettings, extra_confs: Mapping[str, str] | None = None) -> SparkSession:
+    """The active session if there is one, else a new one built from the settings."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = SparkSession.builder.appName(settings.app_name)
+    if settings.master and not launched_by_spark_submit():
+        builder = builder.master(settings.master)
+    confs = {**session_confs(settings), **(extra_confs or {})}
+    if not launched_by_spark_submit():
+        _local_logging(confs)
+    for key, value in confs.items():
+        builder = builder.config(key, value)
+    if settings.profile == "test":
+        os.environ.setdefault("SPARK_TESTING", "1")
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.log_level)
+    return spark

@@ -1,0 +1,65 @@
+"""One Spark session for the whole run, with the fast test profile; every Delta test gets its
+own lakehouse and landing zone under ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jobs.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_DATA = REPO / "tests" / "data"
+
+os.environ.setdefault("SPARK_TESTING", "1")
+
+
+def _settings(tmp_path: Path, *overrides: str) -> Settings:
+    return load_settings(
+        "local",
+        overrides=[
+            f"lakehouse.root={tmp_path / 'lakehouse'}",
+            f"landing.root={tmp_path / 'landing'}",
+            "spark.profile=test",
+            "spark.master=local[2]",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):
+    from jobs.spark import get_spark
+
+    base = tmp_path_factory.mktemp("spark")
+    settings = _settings(base)
+    session = get_spark(
+        settings.spark,
+        extra_confs={
+            "spark.sql.warehouse.dir": str(base / "warehouse"),
+            "spark.driver.extraJavaOptions": (
+                f"-Dderby.system.home={base} "
+                f"-Dlog4j.configurationFile={(REPO / 'conf' / 'log4j2.properties').as_uri()}"
+            ),
+        },
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings of the local env pointed at this test's own lakehouse and landing zone."""
+
+    def make(*overrides: str) -> Settings:
+        return _settings(tmp_path, *overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()

@@ -1,0 +1,135 @@
+"""The ``lakehouse`` command as operators use it: in-process through click's runner (sharing the
+test session's Spark) and, for exit codes and tracebacks, as the installed console script."""
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from tests.conftest import REPO
+
+
+def _run(*args, catch=True):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=catch)
+    return result
+
+
+def _roots(tmp_path):
+    return ["--set", f"lakehouse.root={tmp_path / 'lakehouse'}",
+            "--set", f"landing.root={tmp_path / 'landing'}"]
+
+
+def _walk(command, path=()):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, (*path, name))
+
+
+def test_every_command_and_option_has_help_text():
+    for path, command in _walk(cli):
+        assert (command.help or "").strip(), f"lakehouse {' '.join(path)} has no help"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert (param.help or "").strip(), f"{' '.join(path)} {param.opts} has no help"
+
+
+def test_help_lists_every_command_with_a_description():
+    result = _run("--help")
+    assert result.exit_code == 0
+    for name in ("demo", "ingest", "tables", "jars"):
+        assert f"  {name} " in result.output
+    assert "generate" in _run("demo", "--help").output
+    assert {"events", "crm"} <= set(_run("ingest", "--help").output.split())
+
+
+def test_demo_pipeline_to_bronze_matches_the_manifest_and_is_idempotent(spark, tmp_path):
+    landing = tmp_path / "landing"
+    generated = _run("demo", "generate", "--out", str(landing), "--customers", "40", "--days", "2",
+                     "--events-per-day", "300", "--seed", "3", "--end", "2026-11-20T00:00:00Z")
+    assert generated.exit_code == 0, generated.output
+    manifest = json.loads((landing / "manifest.json").read_text())
+
+    for kind in ("events", "crm"):
+        landed = _run(*_roots(tmp_path), "--set", "spark.profile=test", "ingest", kind, catch=False)
+        assert landed.exit_code == 0, landed.output
+
+    tables = {t["table"]: t for t in json.loads(_run(*_roots(tmp_path), "tables", "--json").output)}
+    assert tables["bronze.events"]["rows"] == manifest["events"]["lines"]
+    assert tables["bronze.events"]["corrupt_rows"] == manifest["events"]["malformed_lines"]
+    assert tables["bronze.crm"]["rows"] == manifest["crm"]["rows"]
+    assert tables["bronze.events"]["last_run_status"] == "succeeded"
+
+    rerun = _run(*_roots(tmp_path), "ingest", "events")
+    assert rerun.exit_code == 0 and " 0 " in rerun.output.splitlines()[-1]
+    again = {t["table"]: t for t in json.loads(_run(*_roots(tmp_path), "tables", "--json").output)}
+    assert again["bronze.events"]["rows"] == manifest["events"]["lines"]
+    assert again["bronze.events"]["version"] == tables["bronze.events"]["version"]
+
+    text = _run(*_roots(tmp_path), "tables").output
+    assert "bronze.events" in text and f"{manifest['events']['lines']:,}" in text
+
+
+def test_demo_refuses_a_future_end_and_a_used_folder(tmp_path):
+    future = _run("demo", "generate", "--out", str(tmp_path / "x"), "--end", "2999-01-01T00:00:00Z")
+    assert future.exit_code == 2 and "is in the future" in future.output
+    assert _run("demo", "generate", "--out", str(tmp_path / "y"), "--days", "1",
+                "--events-per-day", "20", "--end", "2026-11-01").exit_code == 0
+    used = _run("demo", "generate", "--out", str(tmp_path / "y"))
+    assert used.exit_code == 2 and "already holds demo data" in used.output
+
+
+def test_unknown_source_is_a_one_line_error(tmp_path):
+    result = _run(*_roots(tmp_path), "ingest", "events", "--source", "nope")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown events source 'nope' (configured: rees46, web)"
+
+
+def _script(*args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "LAKEHOUSE_ENV"}
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("args", "conf_text", "message"),
+    [
+        (["--conf", "{conf}", "tables"], "lakehouse: {root: x\n", r"error: .*bad\.yaml: invalid YAML at line 2, column 1: .*"),
+        (["--conf", "{conf}", "tables"], "lakehouse: {root: x}\nlanding: {root: y}\nspark: {cores: 2}\n",
+         r"error: .*bad\.yaml: spark\.cores: unknown key"),
+        (["--set", "lakehouse.rooot=/tmp/x", "tables"], None, r"error: unknown setting 'lakehouse\.rooot' \(from --set\)"),
+        (["--env", "staging", "tables"], None, r"error: config file not found: .*conf/staging\.yaml"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, conf_text, message):
+    import re
+
+    if conf_text is not None:
+        (tmp_path / "bad.yaml").write_text(conf_text)
+    args = [a.replace("{conf}", str(tmp_path / "bad.yaml")) for a in args]
+    result = _script(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(message, lines[0]), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_missing_landing_path_exits_2_from_the_console_script(tmp_path):
+    result = _script(*_roots(tmp_path), "--set", "spark.profile=test", "--set", "spark.master=local[1]",
+                     "ingest", "events", cwd=REPO)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: landing path not found: {tmp_path / 'landing' / 'events'} (source 'web', "
+        f"landing.root={tmp_path / 'landing'})"
+    ]
+    assert "Traceback" not in result.stderr
