@@ -165,6 +165,57 @@ def ingest_crm(runtime: Runtime, source: str | None) -> None:
     _ingest(runtime, "crm", source)
 
 
+# -- cleanse -----------------------------------------------------------------------------------
+@cli.command("cleanse")
+@click.option("--events", "events_only", is_flag=True, help="Cleanse only events (bronze.events -> silver).")
+@click.option("--customers", "customers_only", is_flag=True,
+              help="Cleanse only customers (bronze.crm -> silver).")
+@pass_runtime
+def cleanse(runtime: Runtime, events_only: bool, customers_only: bool) -> None:
+    """Cleanse new bronze commits into silver tables, every rejected row kept with its reasons."""
+    from jobs.cleanse import cleanse as run_cleanse
+    from jobs.report import format_table
+
+    both = not events_only and not customers_only
+    results = run_cleanse(runtime.spark, runtime.settings, events=both or events_only,
+                          customers=both or customers_only)
+    click.echo(format_table(
+        ["pipeline", "batch", "bronze rows", "silver", "rejected", "duplicates", "run_id"],
+        [[r.pipeline, r.batch_id, r.bronze_rows, r.silver_rows, r.rejected_rows, r.duplicates, r.run_id]
+         for r in results],
+    ))
+    reasons = [(r.pipeline, reason, n) for r in results for reason, n in sorted(r.reasons.items())]
+    if reasons:
+        click.echo("")
+        click.echo(format_table(["pipeline", "reason", "rows"], reasons))
+
+
+# -- quality -----------------------------------------------------------------------------------
+@cli.group(cls=LakehouseGroup)
+def quality() -> None:
+    """Data-quality expectation results."""
+
+
+@quality.command("report")
+@click.option("--table", "table_name", help="Only this table, e.g. silver.events.")
+@pass_runtime
+def quality_report(runtime: Runtime, table_name: str | None) -> None:
+    """Print the latest result of every data-quality expectation."""
+    from jobs.quality import latest_results
+    from jobs.report import format_table
+
+    rows = latest_results(runtime.spark, runtime.settings.lakehouse.root, table_name)
+    if not rows:
+        click.echo("no data-quality results yet: run `lakehouse cleanse` first")
+        return
+    click.echo(format_table(
+        ["table", "expectation", "action", "failed", "checked", "failed %", "run_id", "evaluated (UTC)"],
+        [[r["table"], r["expectation"], r["action"], r["failed_rows"], r["checked_rows"],
+          f"{100 * r['failed_rows'] / r['checked_rows']:.2f}" if r["checked_rows"] else "-",
+          r["run_id"], r["evaluated_at"]] for r in rows],
+    ))
+
+
 # -- tables ------------------------------------------------------------------------------------
 @cli.command("tables")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -15,12 +15,10 @@ once whatever happens, and re-running or re-copying a landed file adds nothing.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -29,7 +27,14 @@ from jobs import fs
 from jobs.errors import InputError
 from jobs.runlog import job_run, utc_now
 from jobs.settings import Settings, SourceSettings
-from jobs.tables import ensure_table, spec, table_path
+from jobs.tables import (
+    commit_marker,
+    ensure_table,
+    latest_version,
+    spec,
+    table_path,
+    version_with_marker,
+)
 from transforms.bronze import (
     conform_to,
     map_csv_records,
@@ -86,7 +91,7 @@ def _log_files(
     spark.createDataFrame(rows, spec(LANDED_FILES).schema).write.format("delta").mode(
         "append"
     ).save(path)
-    return int(DeltaTable.forPath(spark, path).history(1).first()["version"])
+    return latest_version(spark, path)
 
 
 def _pending_or_new_batch(
@@ -125,22 +130,6 @@ def _log_rows(
          BRONZE_TABLES[source.kind], version, run_id, now)
         for path, size, modified_at in batch.files
     ]
-
-
-def _commit_marker(source: SourceSettings, batch: Batch, run_id: str) -> str:
-    return json.dumps({"run_id": run_id, "source": source.name, "batch_id": batch.batch_id})
-
-
-def _version_holding(bronze: DeltaTable, source: SourceSettings, batch: Batch) -> int | None:
-    """The bronze version that already committed this batch, if an earlier run got that far."""
-    hit = (
-        bronze.history()
-        .where(F.get_json_object("userMetadata", "$.source") == source.name)
-        .where(F.get_json_object("userMetadata", "$.batch_id").cast("long") == batch.batch_id)
-        .select("version")
-        .first()
-    )
-    return None if hit is None else int(hit["version"])
 
 
 def _read_json(spark: SparkSession, source: SourceSettings, files: list[str]) -> DataFrame:
@@ -222,12 +211,12 @@ def _land(
         .mode("append")
         .option("txnAppId", f"ingest:{source.name}")
         .option("txnVersion", batch.batch_id)
-        .option("userMetadata", _commit_marker(source, batch, run_id))
+        .option("userMetadata", commit_marker(run_id=run_id, source=source.name, batch_id=batch.batch_id))
         .save(table_path(settings.lakehouse.root, key))
     )
     metrics = observation.get
-    version = DeltaTable.forPath(spark, table_path(settings.lakehouse.root, key)).history(1)
-    return int(version.first()["version"]), int(metrics["rows"]), int(metrics["corrupt_rows"])
+    version = latest_version(spark, table_path(settings.lakehouse.root, key))
+    return version, int(metrics["rows"]), int(metrics["corrupt_rows"])
 
 
 def _batch_counts(
@@ -255,11 +244,13 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
     root = settings.lakehouse.root
     key = BRONZE_TABLES[source.kind]
     with job_run(spark, root, f"ingest_{source.kind}:{source.name}", settings.env) as run:
-        bronze = ensure_table(spark, root, key)
+        ensure_table(spark, root, key)
         batch = _pending_or_new_batch(spark, settings, source, run.run_id)
         if batch is None:
             return IngestResult(source.name, key, run.run_id, None, 0, 0, 0, None)
-        version = _version_holding(bronze, source, batch)
+        version = version_with_marker(
+            spark, table_path(root, key), source=source.name, batch_id=batch.batch_id
+        )
         if version is None:
             version, rows, corrupt = _land(spark, settings, source, batch, run.run_id, utc_now())
         else:

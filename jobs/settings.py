@@ -86,6 +86,18 @@ class IngestSettings(Frozen):
     crm_sources: tuple[str, ...] = ("crm",)
 
 
+class CleanseSettings(Frozen):
+    double_load_window_seconds: float = Field(
+        default=2.0, gt=0, description="Same identity, type, product and url within this: one event."
+    )
+    bot_max_events_per_minute: int = Field(
+        default=60, gt=0, description="More events than this in any minute makes a session a bot."
+    )
+    max_clock_skew_minutes: float = Field(
+        default=10.0, ge=0, description="Events later than processing time plus this are rejected."
+    )
+
+
 class SourceSettings(Frozen):
     """One landing source: where its files are and how their fields map to bronze columns."""
 
@@ -132,6 +144,8 @@ class Settings(Frozen):
     landing: LandingSettings
     spark: SparkSettings = Field(default_factory=SparkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    cleanse: CleanseSettings = Field(default_factory=CleanseSettings)
+    rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 
     def source(self, name: str, kind: str) -> SourceSettings:
@@ -150,6 +164,16 @@ class Settings(Frozen):
         return f"{self.landing.root.rstrip('/')}/{folder}"
 
 
+def rules_dir(settings: Settings) -> Path:
+    if settings.rules_dir:
+        return Path(settings.rules_dir)
+    configured = os.environ.get("LAKEHOUSE_RULES_DIR")
+    if configured:
+        return Path(configured)
+    bundled = PROJECT_ROOT / "rules"
+    return bundled if bundled.is_dir() else Path.cwd() / "rules"
+
+
 def conf_dir() -> Path:
     configured = os.environ.get("LAKEHOUSE_CONF_DIR")
     if configured:
@@ -158,7 +182,7 @@ def conf_dir() -> Path:
     return bundled if bundled.is_dir() else Path.cwd() / "conf"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -262,7 +286,7 @@ def _load_sources(directory: Path) -> dict[str, SourceSettings]:
     if not directory.is_dir():
         return sources
     for path in sorted(directory.glob("*.yaml")):
-        data = _read_yaml(path)
+        data = read_yaml(path)
         data.setdefault("name", path.stem)
         try:
             source = SourceSettings.model_validate(data)
@@ -288,7 +312,7 @@ def load_settings(
         if not ENV_VAR_NAME.match(env.replace("-", "_")):
             raise ConfigError(f"--env must be a plain name, got {env!r}")
         path = conf_dir() / f"{env}.yaml"
-    data = _read_yaml(path)
+    data = read_yaml(path)
     for reserved in ("env", "config_file", "sources"):
         if reserved in data:
             raise ConfigError(f"{path}: {reserved}: unknown key (it is set by the loader)")

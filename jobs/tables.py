@@ -6,11 +6,14 @@ so any Delta reader (a notebook, another engine) finds it without a metastore.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.errors import ConfigError
@@ -73,6 +76,71 @@ LANDED_FILES_SCHEMA = T.StructType([
 ])
 
 
+def _fields(*specs: tuple[str, T.DataType]) -> list[T.StructField]:
+    return [T.StructField(name, data_type) for name, data_type in specs]
+
+
+STRING_MAP = T.MapType(T.StringType(), T.StringType())
+REASONS = T.ArrayType(T.StringType())
+PRICE = T.DecimalType(18, 2)
+
+SILVER_EVENTS_SCHEMA = T.StructType(_fields(
+    ("event_id", T.StringType()), ("customer_id", T.StringType()), ("anonymous_id", T.StringType()),
+    ("session_id", T.StringType()), ("event_type", T.StringType()), ("event_ts", T.TimestampType()),
+    ("event_date", T.DateType()), ("product_id", T.StringType()), ("category", T.StringType()),
+    ("top_category", T.StringType()), ("price", PRICE), ("quantity", T.IntegerType()),
+    ("currency", T.StringType()), ("order_id", T.StringType()), ("url", T.StringType()),
+    ("user_agent", T.StringType()), ("source", T.StringType()), ("properties", STRING_MAP),
+    ("_source_file", T.StringType()), ("_ingested_at", T.TimestampType()),
+    ("_bronze_version", T.LongType()), ("_content_hash", T.StringType()), ("_batch_id", T.LongType()),
+))
+
+_RAW_EVENT = [f for f in BRONZE_EVENTS_SCHEMA.fields if f.name not in ("event_id", "_run_id")]
+REJECTED_EVENTS_SCHEMA = T.StructType(
+    _fields(("event_id", T.StringType()), ("reasons", REASONS))
+    + [T.StructField(f.name, f.dataType) for f in _RAW_EVENT]
+    + _fields(("_bronze_version", T.LongType()), ("_batch_id", T.LongType()))
+)
+
+IDENTITY_MAP_SCHEMA = T.StructType(_fields(
+    ("anonymous_id", T.StringType()), ("customer_id", T.StringType()),
+    ("first_seen_at", T.TimestampType()), ("last_seen_at", T.TimestampType()),
+))
+
+PROFILE_FIELDS = _fields(
+    ("customer_id", T.StringType()), ("email", T.StringType()), ("first_name", T.StringType()),
+    ("last_name", T.StringType()), ("birth_date", T.DateType()), ("age", T.IntegerType()),
+    ("city", T.StringType()), ("country", T.StringType()), ("email_consent", T.BooleanType()),
+    ("updated_at", T.TimestampType()), ("source", T.StringType()),
+)
+CUSTOMERS_SCHEMA = T.StructType(PROFILE_FIELDS + _fields(
+    ("_source_file", T.StringType()), ("_ingested_at", T.TimestampType()),
+    ("_bronze_version", T.LongType()), ("_content_hash", T.StringType()), ("_batch_id", T.LongType()),
+))
+CUSTOMERS_HISTORY_SCHEMA = T.StructType(PROFILE_FIELDS + _fields(
+    ("valid_from", T.TimestampType()), ("valid_to", T.TimestampType()), ("is_current", T.BooleanType()),
+))
+_RAW_CRM = [f for f in BRONZE_CRM_SCHEMA.fields if f.name not in ("_run_id",)]
+REJECTED_CUSTOMERS_SCHEMA = T.StructType(
+    _fields(("reasons", REASONS))
+    + [T.StructField(f.name, f.dataType) for f in _RAW_CRM]
+    + _fields(("_bronze_version", T.LongType()), ("_batch_id", T.LongType()))
+)
+
+DQ_RESULTS_SCHEMA = T.StructType(_fields(
+    ("run_id", T.StringType()), ("batch_id", T.LongType()), ("table", T.StringType()),
+    ("expectation", T.StringType()), ("action", T.StringType()), ("expression", T.StringType()),
+    ("failed_rows", T.LongType()), ("checked_rows", T.LongType()), ("evaluated_at", T.TimestampType()),
+))
+
+CLEANSE_BATCHES_SCHEMA = T.StructType(_fields(
+    ("pipeline", T.StringType()), ("batch_id", T.LongType()), ("source_table", T.StringType()),
+    ("start_version", T.LongType()), ("end_version", T.LongType()),
+    ("target_version", T.LongType()), ("processed_at", T.TimestampType()),
+    ("status", T.StringType()), ("run_id", T.StringType()), ("recorded_at", T.TimestampType()),
+))
+
+
 @dataclass(frozen=True)
 class TableSpec:
     layer: str
@@ -101,6 +169,40 @@ REGISTRY: dict[str, TableSpec] = {
             "bronze", "crm", BRONZE_CRM_SCHEMA,
             "Every landed CRM profile record as exported, with provenance.",
             properties=CHANGE_FEED,
+        ),
+        TableSpec(
+            "silver", "events", SILVER_EVENTS_SCHEMA,
+            "Cleansed, deduplicated, bot-filtered events in the canonical schema, UTC times.",
+            partition_by=("event_date",), properties=CHANGE_FEED,
+        ),
+        TableSpec(
+            "silver", "rejected_events", REJECTED_EVENTS_SCHEMA,
+            "Every bronze event that did not reach silver, as it landed, with its reason codes.",
+        ),
+        TableSpec(
+            "silver", "identity_map", IDENTITY_MAP_SCHEMA,
+            "Anonymous ids seen together with a customer id, mapped to that customer.",
+        ),
+        TableSpec(
+            "silver", "customers", CUSTOMERS_SCHEMA,
+            "One current row per customer (SCD1): the newest updated_at wins, whatever the order.",
+            properties=CHANGE_FEED,
+        ),
+        TableSpec(
+            "silver", "customers_history", CUSTOMERS_HISTORY_SCHEMA,
+            "Every version of every customer profile (SCD2: valid_from, valid_to, is_current).",
+        ),
+        TableSpec(
+            "silver", "rejected_customers", REJECTED_CUSTOMERS_SCHEMA,
+            "Every bronze CRM record that could not be used, as it landed, with its reason codes.",
+        ),
+        TableSpec(
+            "ops", "dq_results", DQ_RESULTS_SCHEMA,
+            "Per run, table and expectation: rows checked and failed, and the action taken.",
+        ),
+        TableSpec(
+            "ops", "cleanse_batches", CLEANSE_BATCHES_SCHEMA,
+            "Append-only log of the bronze version ranges each silver pipeline planned and committed.",
         ),
         TableSpec(
             "ops", "job_runs", JOB_RUNS_SCHEMA,
@@ -152,3 +254,32 @@ def read_table(spark: SparkSession, root: str, key: str, version: int | None = N
     if version is not None:
         reader = reader.option("versionAsOf", version)
     return reader.load(table_path(root, key))
+
+
+def commit_marker(**fields: object) -> str:
+    """``userMetadata`` for a commit that a retry must be able to recognise."""
+    return json.dumps(fields, sort_keys=True)
+
+
+def version_with_marker(spark: SparkSession, path: str, **fields: object) -> int | None:
+    """The version whose commit carries all of ``fields`` in its userMetadata, if any."""
+    history = DeltaTable.forPath(spark, path).history().where(F.col("userMetadata").isNotNull())
+    for name, value in fields.items():
+        history = history.where(F.get_json_object("userMetadata", f"$.{name}") == str(value))
+    hit = history.select("version").first()
+    return None if hit is None else int(hit["version"])
+
+
+def latest_version(spark: SparkSession, path: str) -> int:
+    return int(DeltaTable.forPath(spark, path).history(1).first()["version"])
+
+
+@contextmanager
+def commit_metadata(spark: SparkSession, marker: str) -> Iterator[None]:
+    """Tag the commits of DML (MERGE, UPDATE) made inside with ``marker`` as userMetadata."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, marker)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key)

@@ -1,0 +1,129 @@
+"""Bronze CRM records -> silver customers: normalized profiles, the newest per customer, and an
+SCD2 history that places late (out-of-order) records where their ``updated_at`` belongs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import date
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from transforms.silver_events import parse_timestamp
+
+Transform = Callable[[DataFrame], DataFrame]
+
+RAW_CRM_FIELDS = (
+    "customer_id", "email", "first_name", "last_name", "birth_date", "city", "country",
+    "email_consent", "updated_at", "_rescued_data", "_corrupt_record", "_source", "_source_file",
+    "_ingested_at",
+)
+CONTENT_FIELDS = tuple(f for f in RAW_CRM_FIELDS if f not in ("_source_file", "_ingested_at"))
+CONSENT_YES = ("true", "yes", "y", "1", "opted_in", "subscribed", "t")
+CONSENT_NO = ("false", "no", "n", "0", "opted_out", "unsubscribed", "f")
+PROFILE_COLUMNS = (
+    "customer_id", "email", "first_name", "last_name", "birth_date", "age", "city", "country",
+    "email_consent", "updated_at", "source",
+)
+LANDING_ORDER = ("_bronze_version", "_ingested_at", "_source_file", "_content_hash")
+
+
+def _clean(column: Column) -> Column:
+    collapsed = F.regexp_replace(F.trim(column), r"\s+", " ")
+    return F.when(collapsed != "", collapsed)
+
+
+def _place(mapping: Mapping[str, str], column: Column, fallback: Column) -> Column:
+    key = F.lower(_clean(column))
+    if not mapping:
+        return fallback
+    pairs = [F.lit(part) for item in sorted(mapping.items()) for part in item]
+    return F.coalesce(F.element_at(F.create_map(*pairs), key), fallback)
+
+
+def age_on(birth_date: Column, on: Column) -> Column:
+    """Whole years between ``birth_date`` and the date ``on``."""
+    return F.floor(F.months_between(on, birth_date) / 12).cast(T.IntegerType())
+
+
+def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], today: date) -> Transform:
+    """Bronze CRM columns -> profile columns, the bronze record kept in ``_raw``.
+
+    Emails lower-cased and trimmed; names trimmed; cities and countries through the alias lists
+    (``NYC``, ``new york`` -> ``New York``; ``USA`` -> ``US``), unknown cities title-cased;
+    ``email_consent`` a boolean (true/yes/y/1 ..., false/no/n/0 ...; anything else null);
+    ``age`` in whole years on ``today``. ``_reasons``: corrupt_record, missing_customer_id,
+    invalid_updated_at, invalid_birth_date.
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        consent = F.lower(_clean(F.col("email_consent")))
+        birth_date = _clean(F.col("birth_date")).try_cast(T.DateType())
+        updated_at = parse_timestamp(F.col("updated_at"))
+        checks = [
+            (F.col("_corrupt_record").isNotNull(), "corrupt_record"),
+            (_clean(F.col("customer_id")).isNull(), "missing_customer_id"),
+            (updated_at.isNull(), "invalid_updated_at"),
+            (_clean(F.col("birth_date")).isNotNull() & birth_date.isNull(), "invalid_birth_date"),
+        ]
+        reasons = F.array_compact(F.array(*[F.when(c, F.lit(r)) for c, r in checks]))
+        content = F.to_json(F.struct(*CONTENT_FIELDS))
+        return df.select(
+            F.struct(*RAW_CRM_FIELDS).alias("_raw"),
+            _clean(F.col("customer_id")).alias("customer_id"),
+            F.lower(_clean(F.col("email"))).alias("email"),
+            _clean(F.col("first_name")).alias("first_name"),
+            _clean(F.col("last_name")).alias("last_name"),
+            birth_date.alias("birth_date"),
+            age_on(birth_date, F.lit(today)).alias("age"),
+            _place(cities, F.col("city"), F.initcap(F.lower(_clean(F.col("city"))))).alias("city"),
+            _place(countries, F.col("country"), F.upper(_clean(F.col("country")))).alias("country"),
+            F.when(consent.isin(*CONSENT_YES), True).when(consent.isin(*CONSENT_NO), False)
+            .alias("email_consent"),
+            updated_at.alias("updated_at"),
+            F.col("_source").alias("source"),
+            F.col("_bronze_version"),
+            F.col("_source_file"),
+            F.col("_ingested_at"),
+            F.sha2(content, 256).alias("_content_hash"),
+            reasons.alias("_reasons"),
+        )
+
+    return transform
+
+
+def latest_per_customer(df: DataFrame) -> DataFrame:
+    """The newest record of each customer (by ``updated_at``, then landing order)."""
+    newest = Window.partitionBy("customer_id").orderBy(
+        F.desc("updated_at"), *[F.desc(c) for c in LANDING_ORDER]
+    )
+    return df.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
+
+
+def rebuild_history(existing: DataFrame, records: DataFrame) -> DataFrame:
+    """SCD2 rows for every customer in ``records``: their existing versions plus the new ones,
+    ordered by ``updated_at`` (not arrival), each valid until the next one.
+
+    ``existing`` has the history columns; ``records`` the profile columns. Versions with the same
+    ``updated_at`` keep the one landed first. Output: profile columns + ``valid_from``,
+    ``valid_to`` (null while current), ``is_current``.
+    """
+    touched = records.select("customer_id").distinct()
+    old = existing.join(touched, "customer_id", "left_semi").select(*PROFILE_COLUMNS, F.lit(0).alias("_new"))
+    same_time = Window.partitionBy("customer_id", "updated_at")
+    new = (
+        records.withColumn("_rank", F.row_number().over(same_time.orderBy(*LANDING_ORDER)))
+        .where("_rank = 1")
+        .select(*PROFILE_COLUMNS, F.lit(1).alias("_new"))
+    )
+    timeline = Window.partitionBy("customer_id").orderBy("updated_at")
+    return (
+        old.unionByName(new)
+        .withColumn("_rank", F.row_number().over(same_time.orderBy("_new")))
+        .where("_rank = 1")
+        .withColumn("valid_from", F.col("updated_at"))
+        .withColumn("valid_to", F.lead("updated_at").over(timeline))
+        .withColumn("is_current", F.col("valid_to").isNull())
+        .drop("_rank", "_new")
+    )
