@@ -45,8 +45,12 @@ from transforms.silver_customers import (
     parse_customers,
     rebuild_history,
 )
+from transforms.silver_customers import (
+    REASON_CODES as CUSTOMER_REASON_CODES,
+)
 from transforms.silver_events import (
     RAW_EVENT_FIELDS,
+    REASON_CODES,
     SILVER_EVENT_COLUMNS,
     apply_expectations,
     classify_events,
@@ -165,9 +169,12 @@ def _merge_once(spark: SparkSession, root: str, key: str, batch: Batch, run_id: 
     table = ensure_table(spark, root, key)
     done = version_with_marker(spark, path, pipeline=batch.pipeline, batch_id=batch.batch_id)
     if done is None:
+        before = latest_version(spark, path)
         with commit_metadata(spark, commit_marker(**_marker(batch, run_id))):
             merge(table)
         done = latest_version(spark, path)
+        if done == before:  # a MERGE that changes nothing makes no commit
+            return 0
     metrics = table.history().where(F.col("version") == done).select("operationMetrics").first()[0]
     return int(metrics.get("numTargetRowsInserted", 0))
 
@@ -238,7 +245,10 @@ def _validate_expectations(df: DataFrame, table: str, expectations: tuple[Expect
             raise ConfigError(f"{path}: {table}: {expectation.name}: {message}") from None
 
 
-def _record(run: JobRun, result: CleanseResult, tally: Tally, key: str, version: int | None) -> None:
+def _record(
+    run: JobRun, result: CleanseResult, tally: Tally, key: str, version: int | None,
+    reason_codes: tuple[str, ...], expectations: tuple[Expectation, ...],
+) -> None:
     run.rows_in = result.bronze_rows
     run.rows_out = result.silver_rows
     run.rows_rejected = result.rejected_rows
@@ -248,8 +258,8 @@ def _record(run: JobRun, result: CleanseResult, tally: Tally, key: str, version:
         "silver_rows": result.silver_rows,
         "rejected_rows": result.rejected_rows,
         "exact_duplicates": result.duplicates,
-        **{f"reason.{k}": v for k, v in sorted(tally.reasons.items())},
-        **{f"dq_failed.{k}": v for k, v in sorted(tally.failed.items())},
+        **{f"reason.{k}": tally.reasons[k] for k in sorted({*reason_codes, *tally.reasons})},
+        **{f"dq_failed.{e.name}": tally.failed[e.name] for e in expectations},
     }
     if version is not None:
         run.delta_versions[key] = version
@@ -323,7 +333,8 @@ def cleanse_events(spark: SparkSession, settings: Settings) -> CleanseResult:
         finally:
             classified.unpersist()
         _log_batch(spark, root, batch, "committed", run.run_id)
-        _record(run, result, tally, pipeline, latest_version(spark, table_path(root, pipeline)))
+        _record(run, result, tally, pipeline, latest_version(spark, table_path(root, pipeline)),
+                REASON_CODES, expectations)
         run.delta_versions["silver.rejected_events"] = latest_version(
             spark, table_path(root, "silver.rejected_events"))
         return result
@@ -413,7 +424,8 @@ def cleanse_customers(spark: SparkSession, settings: Settings) -> CleanseResult:
         finally:
             parsed.unpersist()
         _log_batch(spark, root, batch, "committed", run.run_id)
-        _record(run, result, tally, pipeline, latest_version(spark, table_path(root, pipeline)))
+        _record(run, result, tally, pipeline, latest_version(spark, table_path(root, pipeline)),
+                CUSTOMER_REASON_CODES, expectations)
         run.delta_versions["silver.customers_history"] = latest_version(
             spark, table_path(root, "silver.customers_history"))
         return result

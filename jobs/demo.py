@@ -105,6 +105,7 @@ SYNONYMS: dict[str, list[str]] = {
 UNKNOWN_TYPES = ["wishlist_add", "video_play", "newsletter_signup", "hover", "scroll_depth"]
 INVALID_TIMESTAMPS = ["not-a-date", "2026-13-45T99:00:00Z", "yesterday", "", "31/02/2026 25:61"]
 
+DIRTY_KINDS = ("unknown_type", "future", "invalid_timestamp", "missing_identity", "negative_price")
 MIN_GAP_S = 3  # between two events of one identity: wider than the 2 s double-load window
 SESSION_GAP_S = 600
 # Sessions start by 19:00 of their day, so even the last day's events (and
@@ -188,6 +189,7 @@ class Generator:
         self.customers = [self._customer(i) for i in range(1, customers + 1)]
         self.anonymous_visitors = [self._uuid_hex("a-") for _ in range(max(10, customers // 3))]
         self.busy_until: dict[str, datetime] = {}
+        self.dirty_events = 0
 
     # -- reference data -------------------------------------------------------------------
     def _uuid(self) -> str:
@@ -363,8 +365,8 @@ class Generator:
         if roll >= 0.03:
             return
         event = emit("product_view", f"/p/{product[0]}", product=product)
-        kind = rng.choice(["unknown_type", "future", "invalid_timestamp", "missing_identity",
-                           "negative_price"])
+        kind = DIRTY_KINDS[self.dirty_events % len(DIRTY_KINDS)]  # in turn: every kind shows up
+        self.dirty_events += 1
         event.kind = kind
         body = event.body
         if kind == "unknown_type":

@@ -26,6 +26,7 @@ PROFILE_COLUMNS = (
     "customer_id", "email", "first_name", "last_name", "birth_date", "age", "city", "country",
     "email_consent", "updated_at", "source",
 )
+REASON_CODES = ("corrupt_record", "missing_customer_id", "invalid_updated_at", "invalid_birth_date")
 LANDING_ORDER = ("_bronze_version", "_ingested_at", "_source_file", "_content_hash")
 
 

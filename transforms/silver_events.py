@@ -32,6 +32,12 @@ CONTENT_FIELDS = tuple(f for f in RAW_EVENT_FIELDS if f not in ("_source_file", 
 PROMOTED_PROPERTIES = ("price", "quantity", "currency", "category", "order_id")
 LANDING_ORDER = ("_bronze_version", "_ingested_at", "_source_file", "_content_hash")
 
+REASON_CODES = (
+    "corrupt_record", "duplicate_conflict", "invalid_timestamp", "future_timestamp",
+    "unknown_event_type", "missing_identity", "invalid_price", "negative_price", "bot_user_agent",
+    "bot_rate", "double_load",
+)
+
 SILVER_EVENT_COLUMNS = (
     "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "event_ts",
     "event_date", "product_id", "category", "top_category", "price", "quantity", "currency",

@@ -1,0 +1,219 @@
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import cleanse as cleanse_module
+from jobs.cleanse import DataQualityFailure, cleanse
+from jobs.demo import generate
+from jobs.ingest import ingest
+from jobs.tables import read_table
+from tests.conftest import REPO, TEST_DATA
+
+END = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def _land(settings, folder, name, lines):
+    path = os.path.join(settings.landing.root, folder)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, name), "w") as handle:
+        handle.write("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
+
+
+def _table(spark, settings, key):
+    return read_table(spark, settings.lakehouse.root, key)
+
+
+def _rows(spark, settings, key, order):
+    return [tuple(r) for r in _table(spark, settings, key).orderBy(*order).collect()]
+
+
+def _last_run(spark, settings, job):
+    return _table(spark, settings, "ops.job_runs").where(F.col("job") == job).orderBy(F.desc("ended_at")).first()
+
+
+@pytest.fixture
+def demo_lakehouse(spark, settings):
+    manifest = generate(__import__("pathlib").Path(settings.landing.root), customers=40, days=2,
+                        events_per_day=300, seed=11, end=END)
+    ingest(spark, settings, "events")
+    ingest(spark, settings, "crm")
+    return manifest
+
+
+def test_every_injected_kind_of_dirt_ends_where_the_manifest_says(spark, settings, demo_lakehouse):
+    events = demo_lakehouse["events"]
+    kinds = ("exact_duplicates", "double_loads", "bot_user_agent_events", "bot_rate_events", "malformed_lines",
+             "unknown_types", "future_events", "invalid_timestamps", "missing_identity", "negative_prices")
+    assert all(events[kind] > 0 for kind in kinds), events
+
+    events_result, customers_result = cleanse(spark, settings)
+
+    run = _last_run(spark, settings, "cleanse_events")
+    metrics = run["metrics"]
+    assert run["status"] == "succeeded"
+    assert metrics["bronze_rows"] == events["lines"] == run["rows_in"]
+    assert metrics["silver_rows"] == events["valid"] == run["rows_out"]
+    assert metrics["exact_duplicates"] == events["exact_duplicates"]
+    assert metrics["reason.double_load"] == events["double_loads"]
+    assert metrics["reason.bot_user_agent"] == events["bot_user_agent_events"]
+    assert metrics["reason.bot_rate"] == events["bot_rate_events"]
+    assert metrics["reason.corrupt_record"] == events["malformed_lines"]
+    assert metrics["reason.unknown_event_type"] == events["unknown_types"]
+    assert metrics["reason.future_timestamp"] == events["future_events"]
+    assert metrics["reason.invalid_timestamp"] == events["invalid_timestamps"]
+    assert metrics["reason.missing_identity"] == events["missing_identity"]
+    assert metrics["reason.negative_price"] == events["negative_prices"]
+    assert run["rows_rejected"] == events["lines"] - events["valid"] - events["exact_duplicates"]
+    assert _table(spark, settings, "silver.events").count() == events["valid"]
+    assert _table(spark, settings, "silver.rejected_events").count() == run["rows_rejected"]
+    assert customers_result.bronze_rows == demo_lakehouse["crm"]["rows"] == customers_result.silver_rows
+    assert _table(spark, settings, "silver.customers").count() == demo_lakehouse["crm"]["customers"]
+
+    silver = _table(spark, settings, "silver.events")
+    assert silver.where(~F.col("event_type").isin(
+        "page_view", "product_view", "product_click", "add_to_cart", "remove_from_cart",
+        "cart_abandonment", "checkout_started", "purchase")).count() == 0
+    assert silver.where(F.col("product_id") != F.upper(F.trim("product_id"))).count() == 0
+    # Pre-login events were stitched to the customer who later logged in on the same device.
+    assert silver.where(F.col("customer_id").isNull() & F.col("anonymous_id").isin(
+        [r["anonymous_id"] for r in _table(spark, settings, "silver.identity_map").collect()])).count() == 0
+
+    again = cleanse(spark, settings)
+    assert [r.batch_id for r in again] == [None, None]
+    assert silver.count() == events["valid"]
+
+
+def test_a_run_killed_mid_way_and_rerun_leaves_the_same_rows_as_one_clean_run(spark, make_settings, tmp_path):
+    clean = make_settings()
+    generate(__import__("pathlib").Path(clean.landing.root), customers=25, days=1, events_per_day=250,
+             seed=5, end=END)
+    ingest(spark, clean, "events")
+    ingest(spark, clean, "crm")
+    crashed = make_settings(f"lakehouse.root={tmp_path / 'copy'}")
+    shutil.copytree(clean.lakehouse.root, crashed.lakehouse.root)
+
+    cleanse(spark, clean)
+
+    real_append = cleanse_module._append_once
+
+    def die_after_silver_merge(spark_, root, key, batch, run_id, rows):
+        if key in ("silver.rejected_events", "silver.rejected_customers"):
+            raise RuntimeError("killed")
+        return real_append(spark_, root, key, batch, run_id, rows)
+
+    cleanse_module._append_once = die_after_silver_merge
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            cleanse(spark, crashed, events=True, customers=False)
+        with pytest.raises(RuntimeError, match="killed"):
+            cleanse(spark, crashed, events=False, customers=True)
+    finally:
+        cleanse_module._append_once = real_append
+    resumed = cleanse(spark, crashed)
+    assert [r.resumed for r in resumed] == [True, True]
+
+    for key, order in [("silver.events", ["event_id"]), ("silver.rejected_events", ["_content_hash_", "event_id"]),
+                       ("silver.identity_map", ["anonymous_id"]), ("silver.customers", ["customer_id"]),
+                       ("silver.customers_history", ["customer_id", "valid_from"])]:
+        order = [c for c in order if c in _table(spark, clean, key).columns] or ["event_id"]
+        columns = [c for c in _table(spark, clean, key).columns]
+        expected = sorted(map(tuple, _table(spark, clean, key).select(*columns).collect()), key=repr)
+        actual = sorted(map(tuple, _table(spark, crashed, key).select(*columns).collect()), key=repr)
+        assert actual == expected, key
+    assert _rows(spark, crashed, "ops.job_runs", ["ended_at"])[-1][5] == "succeeded"
+
+
+def test_dedup_holds_across_batches(spark, settings):
+    first = {"event_id": "e1", "customer_id": "C1", "event_type": "page_view",
+             "timestamp": "2026-11-19T10:00:00Z", "url": "/", "user_agent": "Mozilla/5.0"}
+    no_id = {"customer_id": "C1", "event_type": "product_view", "timestamp": "2026-11-19T10:05:00Z",
+             "product_id": "P1", "url": "/p/P1", "user_agent": "Mozilla/5.0"}
+    _land(settings, "events", "a.json", [first, no_id])
+    ingest(spark, settings, "events")
+    cleanse(spark, settings, customers=False)
+
+    _land(settings, "events", "b.json", [first, no_id, first | {"url": "/changed"}])
+    ingest(spark, settings, "events")
+    [result] = cleanse(spark, settings, customers=False)
+
+    assert (result.bronze_rows, result.silver_rows, result.duplicates, result.reasons) == (
+        3, 0, 2, {"duplicate_conflict": 1})
+    assert _table(spark, settings, "silver.events").count() == 2
+
+
+def test_an_older_crm_record_landing_later_does_not_overwrite_a_newer_one(spark, settings):
+    header = "customer_id,email,first_name,last_name,birth_date,city,country,email_consent,updated_at"
+    _land(settings, "crm", "a.csv", [header, "C1,Ann@X.com,Ann,Lee,1990-01-02,NYC,US,yes,2026-11-10T00:00:00Z"])
+    ingest(spark, settings, "crm")
+    cleanse(spark, settings, events=False)
+    _land(settings, "crm", "b.csv", [header, "C1,old@x.com,Ann,Lee,1990-01-02,Boston,US,no,2026-11-01 00:00:00"])
+    ingest(spark, settings, "crm")
+    cleanse(spark, settings, events=False)
+
+    current = _table(spark, settings, "silver.customers").collect()
+    assert [(r["email"], r["city"], r["email_consent"]) for r in current] == [("ann@x.com", "New York", True)]
+    history = _table(spark, settings, "silver.customers_history").orderBy("valid_from").collect()
+    assert [(r["city"], r["is_current"]) for r in history] == [("Boston", False), ("New York", True)]
+    assert history[0]["valid_to"] == history[1]["valid_from"] == datetime(2026, 11, 10)
+
+
+def test_rees46_goes_through_to_silver(spark, settings):
+    os.makedirs(os.path.join(settings.landing.root, "rees46"))
+    shutil.copy(TEST_DATA / "rees46" / "2019-Oct-sample.csv", os.path.join(settings.landing.root, "rees46"))
+    ingest(spark, settings, "events", "rees46")
+
+    [result] = cleanse(spark, settings, customers=False)
+
+    assert result.bronze_rows == 1000
+    assert result.bronze_rows == result.silver_rows + result.rejected_rows + result.duplicates
+    silver = _table(spark, settings, "silver.events")
+    row = silver.where(F.col("session_id") == "9333dfbd-b87a-4708-9857-6336556b0fcc").first()
+    assert (row["event_type"], row["event_ts"], row["category"], row["top_category"], row["customer_id"]) == (
+        "product_view", datetime(2019, 10, 1), "appliances.environment.water_heater", "appliances", "554748717")
+    assert {r["event_type"] for r in silver.select("event_type").distinct().collect()} <= {
+        "product_view", "add_to_cart", "remove_from_cart", "purchase"}
+    assert silver.where(F.col("event_type") == "add_to_cart").count() > 0
+
+
+def test_a_new_source_field_lands_in_silver_properties(spark, settings):
+    _land(settings, "events", "a.json", [{
+        "event_id": "e1", "customer_id": "C1", "event_type": "page_view", "timestamp": "2026-11-19T10:00:00Z",
+        "url": "/", "experiment": {"arm": "b"}, "properties": {"ref": "mail"}}])
+    ingest(spark, settings, "events")
+    cleanse(spark, settings, customers=False)
+    row = _table(spark, settings, "silver.events").first()
+    assert row["properties"] == {"ref": "mail", "experiment": '{"arm":"b"}'}
+
+
+def test_a_failing_expectation_aborts_before_anything_is_committed(spark, make_settings, tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "quality.yaml").write_text(
+        "silver.events:\n  - name: no_purchases\n    expect: \"event_type <> 'purchase'\"\n    action: fail\n")
+    settings = make_settings(f"rules_dir={rules}")
+    _land(settings, "events", "a.json", [{
+        "event_id": "e1", "customer_id": "C1", "event_type": "purchase", "timestamp": "2026-11-19T10:00:00Z",
+        "product_id": "P1", "properties": {"price": 5, "order_id": "O1"}}])
+    ingest(spark, settings, "events")
+
+    with pytest.raises(DataQualityFailure, match=r"silver.events: .*no_purchases \(1 rows\); nothing was committed"):
+        cleanse(spark, settings, customers=False)
+
+    for key in ("silver.events", "silver.rejected_events", "ops.dq_results"):
+        path = os.path.join(settings.lakehouse.root, *key.split("."))
+        assert not os.path.exists(path) or _table(spark, settings, key).count() == 0
+    assert _last_run(spark, settings, "cleanse_events")["status"] == "failed"
+
+
+def test_a_bad_expectation_is_refused_before_any_data_is_read(spark, make_settings, tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "quality.yaml").write_text(
+        "silver.events:\n  - name: typo\n    expect: \"pricee > 0\"\n    action: warn\n")
+    settings = make_settings(f"rules_dir={rules}")
+    with pytest.raises(Exception, match=r"quality\.yaml: silver\.events: typo: .*pricee"):
+        cleanse(spark, settings, customers=False)
