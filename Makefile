@@ -21,6 +21,7 @@ demo: install
 	@test -f $(DEMO_LANDING)/manifest.json || $(BIN)/lakehouse demo generate --out $(DEMO_LANDING)
 	$(BIN)/lakehouse ingest events
 	$(BIN)/lakehouse ingest crm
+	$(BIN)/lakehouse cleanse
 	$(BIN)/lakehouse tables
 
 lint: install

@@ -42,7 +42,7 @@ def test_every_command_and_option_has_help_text():
 def test_help_lists_every_command_with_a_description():
     result = _run("--help")
     assert result.exit_code == 0
-    for name in ("demo", "ingest", "tables", "jars"):
+    for name in ("demo", "ingest", "cleanse", "quality", "tables", "jars"):
         assert f"  {name} " in result.output
     assert "generate" in _run("demo", "--help").output
     assert {"events", "crm"} <= set(_run("ingest", "--help").output.split())
@@ -73,6 +73,22 @@ def test_demo_pipeline_to_bronze_matches_the_manifest_and_is_idempotent(spark, t
 
     text = _run(*_roots(tmp_path), "tables").output
     assert "bronze.events" in text and f"{manifest['events']['lines']:,}" in text
+
+    cleansed = _run(*_roots(tmp_path), "cleanse", catch=False)
+    assert cleansed.exit_code == 0, cleansed.output
+    summary = cleansed.output.splitlines()
+    events_line = next(line for line in summary if line.startswith("silver.events "))
+    assert events_line.split()[2:6] == [f"{manifest['events'][k]:,}" for k in ("lines", "valid")] + [
+        f"{manifest['events']['lines'] - manifest['events']['valid'] - manifest['events']['exact_duplicates']:,}",
+        f"{manifest['events']['exact_duplicates']:,}",
+    ]
+    bots = next(line for line in summary if " bot_rate " in line)
+    assert bots.split()[-1] == f"{manifest['events']['bot_rate_events']:,}"
+
+    report = _run(*_roots(tmp_path), "quality", "report", "--table", "silver.events")
+    assert report.exit_code == 0
+    assert [line.split()[1] for line in report.output.splitlines()[2:]] == [
+        "event_after_2000", "price_below_one_million", "purchase_has_order_id"]
 
 
 def test_demo_refuses_a_future_end_and_a_used_folder(tmp_path):
