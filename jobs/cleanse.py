@@ -21,15 +21,25 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.errors import ConfigError, LakehouseError
-from jobs.rules import Expectation, load_bot_rules, load_event_types, load_locations, load_quality_rules
+from jobs.rules import (
+    Expectation,
+    QualityRules,
+    load_bot_rules,
+    load_event_types,
+    load_locations,
+    load_quality_rules,
+)
 from jobs.runlog import JobRun, job_run, utc_now
 from jobs.settings import Settings, rules_dir
+from jobs.spark import analysis_message
 from jobs.tables import (
+    REGISTRY,
     commit_marker,
     commit_metadata,
     ensure_table,
@@ -241,8 +251,17 @@ def _validate_expectations(df: DataFrame, table: str, expectations: tuple[Expect
         try:
             df.select(F.expr(expectation.expect)).schema  # noqa: B018 - analysis only
         except Exception as exc:  # AnalysisException or ParseException
-            message = str(exc).splitlines()[0]
+            message = analysis_message(exc)
             raise ConfigError(f"{path}: {table}: {expectation.name}: {message}") from None
+
+
+def check_expectations(spark: SparkSession, folder: Path, quality: QualityRules) -> None:
+    """Every expectation of rules/quality.yaml analyzed against its table's columns."""
+    path = folder / "quality.yaml"
+    for table, expectations in quality.tables.items():
+        if table not in REGISTRY:
+            raise ConfigError(f"{path}: {table}: unknown table (known: {', '.join(sorted(REGISTRY))})")
+        _validate_expectations(spark.createDataFrame([], spec(table).schema), table, expectations, path)
 
 
 def _record(

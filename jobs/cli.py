@@ -216,6 +216,144 @@ def quality_report(runtime: Runtime, table_name: str | None) -> None:
     ))
 
 
+# -- gold --------------------------------------------------------------------------------------
+AS_OF_HELP = "Compute as of this time, ISO 8601 (default: now). Windows are [as_of - N days, as_of)."
+
+
+@cli.command("features")
+@click.option("--as-of", "as_of", type=UtcTimestamp(), help=AS_OF_HELP)
+@pass_runtime
+def features(runtime: Runtime, as_of: datetime | None) -> None:
+    """Compute gold.customer_features, one row per customer, as of a time."""
+    from jobs.gold import build_features
+
+    result = build_features(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
+    click.echo(f"gold.customer_features version {result.version}: {result.customers:,} customers "
+               f"as of {result.as_of.isoformat()} (run {result.run_id})")
+
+
+def _print_segment_run(result: Any) -> None:
+    from jobs.report import format_table
+
+    click.echo(f"gold.segment_membership version {result.version} as of {result.as_of.isoformat()} "
+               f"(rules {result.rules_hash}, run {result.run_id})")
+    click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in result.changes]))
+
+
+@cli.command("segment")
+@click.option("--as-of", "as_of", type=UtcTimestamp(),
+              help="Judge membership as of this time (default: the as_of of the current features).")
+@pass_runtime
+def segment(runtime: Runtime, as_of: datetime | None) -> None:
+    """Evaluate every segment rule and write membership as one Delta commit."""
+    from jobs.gold import run_segments
+
+    _print_segment_run(run_segments(runtime.spark, runtime.settings, as_of))
+
+
+@cli.group(cls=LakehouseGroup)
+def segments() -> None:
+    """Inspect segments and their membership over time (Delta time travel)."""
+
+
+@segments.command("list")
+@pass_runtime
+def segments_list(runtime: Runtime) -> None:
+    """List the segment rules with their latest size."""
+    from jobs.gold import latest_sizes
+    from jobs.report import format_table
+    from jobs.segment_rules import load_segments
+    from jobs.settings import rules_dir
+
+    rules = load_segments(rules_dir(runtime.settings))
+    sizes = latest_sizes(runtime.spark, runtime.settings.lakehouse.root)
+    click.echo(format_table(
+        ["segment", "size", "version", "name"],
+        [[s.id, *sizes.get(s.id, (None, None)), s.name] for s in rules],
+    ))
+
+
+@segments.command("show")
+@click.argument("segment_id")
+@click.option("--version", "version", type=click.IntRange(0), help="Membership as of this Delta version.")
+@click.option("--timestamp", "timestamp", type=UtcTimestamp(), help="Membership as of this time (time travel).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(0), help="Members to print.")
+@pass_runtime
+def segments_show(runtime: Runtime, segment_id: str, version: int | None, timestamp: datetime | None,
+                  limit: int) -> None:
+    """Print a segment's members, now or at a past version or time."""
+    from jobs.gold import membership_at
+    from jobs.report import format_table
+
+    if version is not None and timestamp is not None:
+        raise OperatorError("give --version or --timestamp, not both")
+    members_df = membership_at(runtime.spark, runtime.settings.lakehouse.root, segment_id, version, timestamp)
+    total = members_df.count()
+    rows = members_df.orderBy("customer_id").limit(limit).collect()
+    click.echo(f"{segment_id}: {total:,} members")
+    click.echo(format_table(["customer_id", "entered_at", "as_of"],
+                            [[r["customer_id"], r["entered_at"], r["as_of"]] for r in rows]))
+
+
+@segments.command("diff")
+@click.argument("segment_id")
+@click.option("--from", "from_version", required=True, type=click.IntRange(0), help="The earlier Delta version.")
+@click.option("--to", "to_version", required=True, type=click.IntRange(0), help="The later Delta version.")
+@pass_runtime
+def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_version: int) -> None:
+    """List who entered and who exited a segment between two versions."""
+    from jobs.gold import diff
+
+    entered, exited = diff(runtime.spark, runtime.settings.lakehouse.root, segment_id, from_version, to_version)
+    click.echo(f"{segment_id} v{from_version} -> v{to_version}: {len(entered)} entered, {len(exited)} exited")
+    for customer in entered:
+        click.echo(f"+ {customer}")
+    for customer in exited:
+        click.echo(f"- {customer}")
+
+
+@segments.command("history")
+@click.argument("segment_id")
+@pass_runtime
+def segments_history(runtime: Runtime, segment_id: str) -> None:
+    """Print a segment's size, entries and exits over every segment run."""
+    from jobs.gold import history
+    from jobs.report import format_table
+
+    click.echo(format_table(
+        ["version", "as_of", "size", "entered", "exited", "run_id"],
+        [[r["delta_version"], r["as_of"], r["size"], r["entered"], r["exited"], r["run_id"]]
+         for r in history(runtime.spark, runtime.settings.lakehouse.root, segment_id)],
+    ))
+
+
+@cli.group(cls=LakehouseGroup)
+def rules() -> None:
+    """Rule files (rules/): event types, bots, locations, quality, segments."""
+
+
+@rules.command("validate")
+@pass_runtime
+def rules_validate(runtime: Runtime) -> None:
+    """Check every rule file, including segment SQL, without reading any data."""
+    from jobs.gold import validated_segments
+    from jobs.rules import load_bot_rules, load_event_types, load_locations, load_quality_rules
+    from jobs.settings import rules_dir
+
+    folder = rules_dir(runtime.settings)
+    load_event_types(folder)
+    load_bot_rules(folder)
+    load_locations(folder)
+    quality_rules = load_quality_rules(folder)
+    from jobs.cleanse import check_expectations
+
+    check_expectations(runtime.spark, folder, quality_rules)
+    found = validated_segments(runtime.spark, runtime.settings)
+    click.echo(f"rules in {folder} are valid: {len(found)} segments "
+               f"({', '.join(s.id for s in found)}), "
+               f"{sum(len(v) for v in quality_rules.tables.values())} expectations")
+
+
 # -- tables ------------------------------------------------------------------------------------
 @cli.command("tables")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

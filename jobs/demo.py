@@ -240,10 +240,8 @@ class Generator:
 
     def _product(self, customer: Customer | None) -> tuple[str, str, float]:
         rng = self.rng
-        if customer and rng.random() < 0.7:
-            category = rng.choice(customer.preferred)
-        else:
-            category = rng.choice(list(CATEGORIES))
+        preferred = customer is not None and rng.random() < 0.7
+        category = rng.choice(customer.preferred) if preferred else rng.choice(list(CATEGORIES))
         product_id, price = rng.choice(self.products[category])
         return product_id, category, price
 

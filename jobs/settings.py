@@ -98,6 +98,12 @@ class CleanseSettings(Frozen):
     )
 
 
+class GoldSettings(Frozen):
+    abandonment_window_minutes: float = Field(
+        default=60, gt=0, description="An add-to-cart with no purchase this long after it is abandoned."
+    )
+
+
 class SourceSettings(Frozen):
     """One landing source: where its files are and how their fields map to bronze columns."""
 
@@ -145,6 +151,7 @@ class Settings(Frozen):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     cleanse: CleanseSettings = Field(default_factory=CleanseSettings)
+    gold: GoldSettings = Field(default_factory=GoldSettings)
     rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 

@@ -7,7 +7,9 @@ test suite's) is reused as it is.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
@@ -42,6 +44,17 @@ TEST_PROFILE_CONFS: dict[str, str] = {
     "spark.shuffle.compress": "false",
     "spark.databricks.delta.stalenessLimit": "0",
 }
+
+
+# PySpark logs every analysis error it raises, with its query context, as a JSON line on stderr;
+# the CLI reports the errors it expects itself, on one line.
+logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
+
+
+def analysis_message(exc: BaseException) -> str:
+    """The readable head of a Spark parse or analysis error, on one line."""
+    text = " ".join(str(exc).split())
+    return re.split(r" SQLSTATE: | ==", text, maxsplit=1)[0][:400]
 
 
 def launched_by_spark_submit() -> bool:

@@ -140,6 +140,28 @@ CLEANSE_BATCHES_SCHEMA = T.StructType(_fields(
     ("status", T.StringType()), ("run_id", T.StringType()), ("recorded_at", T.TimestampType()),
 ))
 
+TS, LONG, INT, STR = T.TimestampType(), T.LongType(), T.IntegerType(), T.StringType()
+MONEY = T.DecimalType(18, 2)
+CUSTOMER_FEATURES_SCHEMA = T.StructType(_fields(
+    ("customer_id", STR), ("as_of", TS), ("email", STR), ("first_name", STR), ("age", INT),
+    ("city", STR), ("country", STR), ("email_consent", T.BooleanType()), ("first_seen_at", TS),
+    ("last_event_at", TS), ("days_since_last_event", INT), ("last_purchase_at", TS),
+    ("days_since_last_purchase", INT), ("events_7d", LONG), ("sessions_30d", LONG),
+    ("purchases_30d", LONG), ("purchases_90d", LONG), ("purchases_lifetime", LONG),
+    ("revenue_90d", MONEY), ("revenue_lifetime", MONEY), ("avg_order_value", MONEY),
+    ("last_viewed_product", STR), ("last_viewed_product_at", TS), ("last_viewed_category", STR),
+    ("recent_view_category", STR), ("viewed_categories_7d", T.ArrayType(STR)),
+    ("cart_abandoned_at", TS), ("abandoned_products", T.ArrayType(STR)), ("r_score", INT),
+    ("f_score", INT), ("m_score", INT), ("rfm_segment", STR),
+))
+SEGMENT_MEMBERSHIP_SCHEMA = T.StructType(_fields(
+    ("segment_id", STR), ("customer_id", STR), ("entered_at", TS), ("as_of", TS), ("run_id", STR),
+))
+SEGMENT_RUNS_SCHEMA = T.StructType(_fields(
+    ("run_id", STR), ("as_of", TS), ("delta_version", LONG), ("rules_hash", STR),
+    ("segment_id", STR), ("size", LONG), ("entered", LONG), ("exited", LONG), ("recorded_at", TS),
+))
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -195,6 +217,19 @@ REGISTRY: dict[str, TableSpec] = {
         TableSpec(
             "silver", "rejected_customers", REJECTED_CUSTOMERS_SCHEMA,
             "Every bronze CRM record that could not be used, as it landed, with its reason codes.",
+        ),
+        TableSpec(
+            "gold", "customer_features", CUSTOMER_FEATURES_SCHEMA,
+            "One row per customer: recency, frequency, money, browsing, carts, RFM, profile, as_of.",
+        ),
+        TableSpec(
+            "gold", "segment_membership", SEGMENT_MEMBERSHIP_SCHEMA,
+            "Who is in which segment; one Delta commit per segment run, read any past run by time travel.",
+            properties=CHANGE_FEED,
+        ),
+        TableSpec(
+            "ops", "segment_runs", SEGMENT_RUNS_SCHEMA,
+            "Per segment run and segment: the membership version, as_of, rules hash, size, entered, exited.",
         ),
         TableSpec(
             "ops", "dq_results", DQ_RESULTS_SCHEMA,

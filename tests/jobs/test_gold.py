@@ -1,0 +1,121 @@
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+from pyspark.sql import functions as F
+
+from jobs.cli import cli
+from jobs.errors import ConfigError
+from jobs.gold import build_features, diff, history, membership_at, run_segments
+from jobs.segment_rules import load_segments
+from jobs.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
+from tests.conftest import REPO
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def _write(spark, settings, key, rows, schema):
+    names = schema.fieldNames()
+    data = [{**dict.fromkeys(names), **row} for row in rows]
+    spark.createDataFrame(data, schema).write.format("delta").mode("append").save(
+        table_path(settings.lakehouse.root, key))
+
+
+def _event(i, customer, kind, ts, product=None):
+    return {"event_id": f"e{i}", "customer_id": customer, "event_type": kind, "event_ts": ts,
+            "event_date": ts.date(), "session_id": f"s{i}", "product_id": product,
+            "category": "electronics.smartphone" if product else None,
+            "top_category": "electronics" if product else None,
+            "price": Decimal("10.00") if product else None}
+
+
+@pytest.fixture
+def gold_lakehouse(spark, settings):
+    naive = T0.replace(tzinfo=None)
+    _write(spark, settings, "silver.events", [
+        _event(1, "C1", "cart_abandonment", naive - timedelta(hours=23, minutes=30)),  # in at T0, out at T0+1h
+        _event(2, "C2", "add_to_cart", naive - timedelta(minutes=30), "P1"),  # window passes by T0+1h: enters
+        _event(3, "C3", "add_to_cart", naive - timedelta(hours=3), "P2"),  # in at both times
+        _event(4, "C4", "product_view", naive - timedelta(days=1), "P3"),
+    ], SILVER_EVENTS_SCHEMA)
+    _write(spark, settings, "silver.customers", [
+        {"customer_id": "C4", "city": "New York", "birth_date": date(1996, 1, 1), "email_consent": True},
+    ], CUSTOMERS_SCHEMA)
+    return settings
+
+
+def test_segment_runs_an_hour_apart_move_customers_and_time_travel_returns_the_first(spark, gold_lakehouse):
+    settings = gold_lakehouse
+    first = run_segments(spark, settings, T0)
+    second = run_segments(spark, settings, T0 + timedelta(hours=1))
+
+    changes = {c[0]: c[1:] for c in first.changes}
+    assert changes["abandoned_cart_24h"] == (2, 2, 0)
+    assert changes["nyc_electronics_25_35"] == (1, 1, 0)
+    assert {c[0]: c[1:] for c in second.changes}["abandoned_cart_24h"] == (2, 1, 1)
+    assert second.version == first.version + 1
+
+    root = settings.lakehouse.root
+    at_first = membership_at(spark, root, "abandoned_cart_24h", version=first.version)
+    assert sorted(r["customer_id"] for r in at_first.collect()) == ["C1", "C3"]
+    now = {r["customer_id"]: r["entered_at"] for r in membership_at(spark, root, "abandoned_cart_24h").collect()}
+    assert now == {"C2": datetime(2026, 11, 20, 13, 0), "C3": datetime(2026, 11, 20, 12, 0)}  # C3 kept entered_at
+    assert diff(spark, root, "abandoned_cart_24h", first.version, second.version) == (["C2"], ["C1"])
+
+    runs = history(spark, root, "abandoned_cart_24h")
+    assert [(r["delta_version"], r["size"], r["entered"], r["exited"]) for r in runs] == [
+        (first.version, 2, 2, 0), (second.version, 2, 1, 1)]
+    assert {r["rules_hash"] for r in runs} == {first.rules_hash}
+    commits = spark.sql(f"DESCRIBE HISTORY delta.`{table_path(root, 'gold.segment_membership')}`")
+    assert commits.where(F.col("version") > 0).count() == 2  # one commit per segment run
+
+
+def test_segment_without_as_of_uses_the_features_as_of(spark, gold_lakehouse):
+    build_features(spark, gold_lakehouse, T0)
+    result = run_segments(spark, gold_lakehouse)
+    assert result.as_of == T0
+    assert read_table(spark, gold_lakehouse.lakehouse.root, "gold.customer_features").count() == 4
+
+
+def _bad_rules(tmp_path, name, text):
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "segments" / f"{name}.yaml").write_text(text)
+    return rules
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id: bad\nname: Bad\nwhere: {field: agee, gte: 3}\n", "segment 'bad': where: field 'agee': unknown field"),
+        ("id: bad\nname: Bad\nwhere: {field: age, over: 3}\n", "segment 'bad': where: field 'age': unknown operator"),
+        ("id: bad\nname: Bad\nwhere: {field: cart_abandoned_at, within: soon}\n", "bad duration 'soon'"),
+        ("id: bad\nname: Bad\nsql: \"agee > 3\"\n", "segment 'bad': sql: "),
+        ("id: bad\nname: Bad\nsql: \"age + 3\"\n", "segment 'bad': sql: expected a boolean, got int"),
+    ],
+)
+def test_a_bad_rule_file_fails_fast_with_file_segment_and_field(spark, settings, tmp_path, text, message):
+    rules = _bad_rules(tmp_path, "bad", text)
+    result = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}",
+                                      "--set", f"rules_dir={rules}", "rules", "validate"])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(f"error: {rules / 'segments' / 'bad.yaml'}: ") and message in line
+    segment_run = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}",
+                                           "--set", f"rules_dir={rules}", "segment", "--as-of", "2026-11-20"])
+    assert segment_run.exit_code == 2 and message in segment_run.output
+
+
+def test_shipped_rules_validate(spark, settings):
+    result = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}", "rules", "validate"])
+    assert result.exit_code == 0, result.output
+    assert {"abandoned_cart_24h", "nyc_electronics_25_35", "high_value", "at_risk"} <= {
+        s.id for s in load_segments(REPO / "rules")}
+
+
+def test_duplicate_segment_ids_are_refused(tmp_path):
+    rules = _bad_rules(tmp_path, "copy", (REPO / "rules/segments/at_risk.yaml").read_text())
+    with pytest.raises(ConfigError, match="segment 'at_risk': id already used in"):
+        load_segments(rules)
