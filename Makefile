@@ -22,6 +22,8 @@ demo: install
 	$(BIN)/lakehouse ingest events
 	$(BIN)/lakehouse ingest crm
 	$(BIN)/lakehouse cleanse
+	$(BIN)/lakehouse features
+	$(BIN)/lakehouse segment
 	$(BIN)/lakehouse tables
 
 lint: install

@@ -255,6 +255,15 @@ def _validate_expectations(df: DataFrame, table: str, expectations: tuple[Expect
             raise ConfigError(f"{path}: {table}: {expectation.name}: {message}") from None
 
 
+def _expectations_for(spark: SparkSession, rules: Path, table: str) -> tuple[Expectation, ...]:
+    """The table's expectations, each analyzed against its columns before any data is read."""
+    expectations = load_quality_rules(rules).for_table(table)
+    _validate_expectations(
+        spark.createDataFrame([], spec(table).schema), table, expectations, rules / "quality.yaml"
+    )
+    return expectations
+
+
 def check_expectations(spark: SparkSession, folder: Path, quality: QualityRules) -> None:
     """Every expectation of rules/quality.yaml analyzed against its table's columns."""
     path = folder / "quality.yaml"
@@ -301,11 +310,7 @@ def cleanse_events(spark: SparkSession, settings: Settings) -> CleanseResult:
     rules = rules_dir(settings)
     event_types = load_event_types(rules)
     bots = load_bot_rules(rules)
-    quality = load_quality_rules(rules)
-    expectations = quality.for_table(pipeline)
-    _validate_expectations(
-        spark.createDataFrame([], spec(pipeline).schema), pipeline, expectations, rules / "quality.yaml"
-    )
+    expectations = _expectations_for(spark, rules, pipeline)
     with job_run(spark, root, "cleanse_events", settings.env) as run:
         result = CleanseResult(pipeline, run.run_id)
         batch = _plan(spark, root, pipeline, run.run_id)
@@ -380,10 +385,7 @@ def cleanse_customers(spark: SparkSession, settings: Settings) -> CleanseResult:
     root, pipeline = settings.lakehouse.root, "silver.customers"
     rules = rules_dir(settings)
     locations = load_locations(rules)
-    expectations = load_quality_rules(rules).for_table(pipeline)
-    _validate_expectations(
-        spark.createDataFrame([], spec(pipeline).schema), pipeline, expectations, rules / "quality.yaml"
-    )
+    expectations = _expectations_for(spark, rules, pipeline)
     with job_run(spark, root, "cleanse_customers", settings.env) as run:
         result = CleanseResult(pipeline, run.run_id)
         batch = _plan(spark, root, pipeline, run.run_id)

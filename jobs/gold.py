@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
@@ -179,7 +180,9 @@ def membership_at(spark: SparkSession, root: str, segment_id: str, version: int 
     if version is not None:
         reader = reader.option("versionAsOf", version)
     elif timestamp is not None:
-        reader = reader.option("timestampAsOf", timestamp.strftime("%Y-%m-%d %H:%M:%S.%f"))
+        last_commit = as_utc(DeltaTable.forPath(spark, path).history(1).first()["timestamp"])
+        if as_utc(timestamp) < last_commit:  # later than the last commit: that commit is the answer
+            reader = reader.option("timestampAsOf", as_utc(timestamp).strftime("%Y-%m-%d %H:%M:%S.%f"))
     try:
         table = reader.load(path)
         table.schema  # noqa: B018 - resolves the version now, for a clear error

@@ -42,7 +42,8 @@ def test_every_command_and_option_has_help_text():
 def test_help_lists_every_command_with_a_description():
     result = _run("--help")
     assert result.exit_code == 0
-    for name in ("demo", "ingest", "cleanse", "quality", "tables", "jars"):
+    for name in ("demo", "ingest", "cleanse", "quality", "features", "segment", "segments", "rules",
+                 "tables", "jars"):
         assert f"  {name} " in result.output
     assert "generate" in _run("demo", "--help").output
     assert {"events", "crm"} <= set(_run("ingest", "--help").output.split())

@@ -119,3 +119,29 @@ def test_duplicate_segment_ids_are_refused(tmp_path):
     rules = _bad_rules(tmp_path, "copy", (REPO / "rules/segments/at_risk.yaml").read_text())
     with pytest.raises(ConfigError, match="segment 'at_risk': id already used in"):
         load_segments(rules)
+
+
+def test_segments_commands_read_membership_over_versions(spark, gold_lakehouse):
+    first = run_segments(spark, gold_lakehouse, T0)
+    second = run_segments(spark, gold_lakehouse, T0 + timedelta(hours=1))
+    base = ["--set", f"lakehouse.root={gold_lakehouse.lakehouse.root}", "segments"]
+
+    def run(*args):
+        result = CliRunner().invoke(cli, [*base, *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    shown = run("show", "abandoned_cart_24h", "--version", str(first.version))
+    assert shown.splitlines()[0] == "abandoned_cart_24h: 2 members"
+    assert [line.split()[0] for line in shown.splitlines()[3:]] == ["C1", "C3"]
+    latest = run("show", "abandoned_cart_24h", "--timestamp", datetime.now(UTC).isoformat())
+    assert [line.split()[0] for line in latest.splitlines()[3:]] == ["C2", "C3"]
+    assert run("diff", "abandoned_cart_24h", "--from", str(first.version), "--to", str(second.version)).splitlines() == [
+        f"abandoned_cart_24h v{first.version} -> v{second.version}: 1 entered, 1 exited", "+ C2", "- C1"]
+    history_lines = run("history", "abandoned_cart_24h").splitlines()[2:]
+    assert [line.split()[:1] + line.split()[3:6] for line in history_lines] == [
+        [str(first.version), "2", "2", "0"], [str(second.version), "2", "1", "1"]]
+    listed = {line.split()[0]: line.split()[1] for line in run("list").splitlines()[2:]}
+    assert listed["abandoned_cart_24h"] == "2" and listed["nyc_electronics_25_35"] == "1"
+    both = CliRunner().invoke(cli, [*base, "show", "at_risk", "--version", "1", "--timestamp", "2026-11-20"])
+    assert both.exit_code == 2 and "not both" in both.output
