@@ -19,11 +19,7 @@ install: $(STAMP)
 
 demo: install
 	@test -f $(DEMO_LANDING)/manifest.json || $(BIN)/lakehouse demo generate --out $(DEMO_LANDING)
-	$(BIN)/lakehouse ingest events
-	$(BIN)/lakehouse ingest crm
-	$(BIN)/lakehouse cleanse
-	$(BIN)/lakehouse features
-	$(BIN)/lakehouse segment
+	$(BIN)/lakehouse run
 	$(BIN)/lakehouse tables
 
 lint: install

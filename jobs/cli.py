@@ -354,6 +354,25 @@ def rules_validate(runtime: Runtime) -> None:
                f"{sum(len(v) for v in quality_rules.tables.values())} expectations")
 
 
+# -- run ---------------------------------------------------------------------------------------
+@cli.command("run")
+@click.option("--as-of", "as_of", type=UtcTimestamp(), help=AS_OF_HELP)
+@pass_runtime
+def run(runtime: Runtime, as_of: datetime | None) -> None:
+    """Run ingest, cleanse, features and segment in order in one Spark application."""
+    from jobs.pipeline import run_pipeline
+    from jobs.report import format_table
+
+    stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
+    click.echo(format_table(
+        ["stage", "rows in", "rows out", "rejected", "seconds", "delta versions"],
+        [[s.stage, s.rows_in, s.rows_out, s.rejected, f"{s.seconds:.1f}",
+          ", ".join(f"{k}@{v}" for k, v in sorted(s.versions.items())) or "-"] for s in stages],
+    ))
+    click.echo("")
+    click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in stages[-1].segments]))
+
+
 # -- tables ------------------------------------------------------------------------------------
 @cli.command("tables")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -150,3 +150,33 @@ def test_missing_landing_path_exits_2_from_the_console_script(tmp_path):
         f"landing.root={tmp_path / 'landing'})"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_run_goes_through_every_stage_and_prints_segment_sizes(spark, tmp_path):
+    landing = tmp_path / "landing"
+    assert _run("demo", "generate", "--out", str(landing), "--customers", "20", "--days", "1",
+                "--events-per-day", "120", "--seed", "9", "--end", "2026-11-20T00:00:00Z").exit_code == 0
+    manifest = json.loads((landing / "manifest.json").read_text())
+
+    result = _run(*_roots(tmp_path), "run", "--as-of", "2026-11-20T00:00:00Z", catch=False)
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines[2:6]] == ["ingest", "cleanse", "features", "segment"]
+    ingest_row = lines[2].split()
+    assert ingest_row[1] == f"{manifest['events']['lines'] + manifest['crm']['rows']:,}"
+    sizes = {line.split()[0]: line.split()[1] for line in lines[9:]}
+    assert set(sizes) == {"abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
+    runs = json.loads(_run(*_roots(tmp_path), "tables", "--json").output)
+    assert {t["table"]: t["last_run_status"] for t in runs}["gold.segment_membership"] == "succeeded"
+
+
+def test_run_stops_at_the_first_failing_stage_and_says_which(spark, tmp_path):
+    from jobs.tables import read_table
+
+    result = _run(*_roots(tmp_path), "run")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: stage ingest failed: landing path not found: ")
+    runs = read_table(spark, str(tmp_path / "lakehouse"), "ops.job_runs").collect()
+    assert [(r["job"], r["status"]) for r in runs] == [("run", "failed")]
+    assert runs[0]["error"].startswith("InputError: stage ingest failed: landing path not found")
