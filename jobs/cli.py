@@ -373,6 +373,42 @@ def run(runtime: Runtime, as_of: datetime | None) -> None:
     click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in stages[-1].segments]))
 
 
+# -- sync --------------------------------------------------------------------------------------
+@cli.command("sync")
+@click.argument("destination_name", metavar="DESTINATION")
+@click.option("--segment", "segment_ids", multiple=True, metavar="ID", help="Only this segment (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the adds, removes and updates it would send; send nothing.")
+@click.option("--full-refresh", is_flag=True, help="Send the whole current state again, not only the changes.")
+@click.option("--allow-large-change", is_flag=True,
+              help="Send even if a segment would lose more than sync.max_remove_share of its synced members.")
+@pass_runtime
+def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], dry_run: bool,
+         full_refresh: bool, allow_large_change: bool) -> None:
+    """Send segment membership and attribute changes to a destination (file, ...)."""
+    from jobs.report import format_table
+    from jobs.sync import sync as run_sync
+
+    def progress(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        click.echo(f"\rbatches [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True,
+                   nl=done >= total)
+
+    result = run_sync(runtime.spark, runtime.settings, destination_name, segment_ids, dry_run=dry_run,
+                      full_refresh=full_refresh, allow_large_change=allow_large_change,
+                      progress=progress if sys.stderr.isatty() else None)
+    head = "would send (dry run)" if result.dry_run else f"sent (run {result.run_id})"
+    click.echo(f"{destination_name}: membership version {result.version}, {head}")
+    click.echo(format_table(
+        ["segment", "adds", "removes", "updates", "failed", "batches"],
+        [[s.segment_id, s.adds, s.removes, s.updates, s.failed, s.batches] for s in result.segments],
+    ))
+    for segment in result.segments:
+        for action, rows in segment.samples.items():
+            for row in rows:
+                click.echo(f"  {segment.segment_id} {action}: {json.dumps(row, sort_keys=True, default=str)}")
+
+
 # -- tables ------------------------------------------------------------------------------------
 @cli.command("tables")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

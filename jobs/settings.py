@@ -104,6 +104,28 @@ class GoldSettings(Frozen):
     )
 
 
+class FileDestination(Frozen):
+    path: str = Field(default="data/exports", description="Folder for JSON Lines exports (local or URI).")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str) -> str:
+        return _absolute(path)
+
+
+class DestinationsSettings(Frozen):
+    file: FileDestination = Field(default_factory=FileDestination)
+
+
+class SyncSettings(Frozen):
+    batch_size: int = Field(default=500, gt=0, description="Changes per batch sent to a destination.")
+    max_remove_share: float = Field(
+        default=0.5, ge=0, le=1,
+        description="A run removing more than this share of a segment's synced members stops first.",
+    )
+    sample_rows: int = Field(default=3, ge=0, description="Sample rows per change kind in --dry-run.")
+
+
 class SourceSettings(Frozen):
     """One landing source: where its files are and how their fields map to bronze columns."""
 
@@ -152,6 +174,8 @@ class Settings(Frozen):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     cleanse: CleanseSettings = Field(default_factory=CleanseSettings)
     gold: GoldSettings = Field(default_factory=GoldSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    destinations: DestinationsSettings = Field(default_factory=DestinationsSettings)
     rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 

@@ -161,6 +161,24 @@ SEGMENT_RUNS_SCHEMA = T.StructType(_fields(
     ("run_id", STR), ("as_of", TS), ("delta_version", LONG), ("rules_hash", STR),
     ("segment_id", STR), ("size", LONG), ("entered", LONG), ("exited", LONG), ("recorded_at", TS),
 ))
+SYNC_LEDGER_SCHEMA = T.StructType(_fields(
+    ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("action", STR),
+    ("attr_hash", STR), ("batch_key", STR), ("run_id", STR), ("delivered_at", TS), ("seq", LONG),
+))
+SYNC_STATE_SCHEMA = T.StructType(_fields(
+    ("destination", STR), ("segment_id", STR), ("synced_version", LONG), ("run_id", STR),
+    ("adds", LONG), ("removes", LONG), ("updates", LONG), ("failed", LONG), ("updated_at", TS),
+))
+SYNC_LOG_SCHEMA = T.StructType(_fields(
+    ("destination", STR), ("segment_id", STR), ("run_id", STR), ("from_version", LONG),
+    ("to_version", LONG), ("batch_no", LONG), ("idempotency_key", STR), ("rows", LONG),
+    ("attempts", LONG), ("http_status", LONG), ("status", STR), ("seconds", T.DoubleType()),
+    ("sent_at", TS),
+))
+SYNC_FAILURES_SCHEMA = T.StructType(_fields(
+    ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("action", STR),
+    ("error", STR), ("batch_key", STR), ("run_id", STR), ("failed_at", TS),
+))
 
 
 @dataclass(frozen=True)
@@ -230,6 +248,22 @@ REGISTRY: dict[str, TableSpec] = {
         TableSpec(
             "ops", "segment_runs", SEGMENT_RUNS_SCHEMA,
             "Per segment run and segment: the membership version, as_of, rules hash, size, entered, exited.",
+        ),
+        TableSpec(
+            "ops", "sync_ledger", SYNC_LEDGER_SCHEMA,
+            "Every change a destination acknowledged: what it holds is the latest action per customer.",
+        ),
+        TableSpec(
+            "ops", "sync_state", SYNC_STATE_SCHEMA,
+            "Per destination and segment, the membership version the last complete sync brought it to.",
+        ),
+        TableSpec(
+            "ops", "sync_log", SYNC_LOG_SCHEMA,
+            "One row per batch sent: destination, segment, versions, idempotency key, rows, result.",
+        ),
+        TableSpec(
+            "ops", "sync_failures", SYNC_FAILURES_SCHEMA,
+            "Rows a destination refused; they are not in the ledger, so the next sync sends them again.",
         ),
         TableSpec(
             "ops", "dq_results", DQ_RESULTS_SCHEMA,

@@ -1,0 +1,37 @@
+"""Destinations a sync sends changes to. Each takes batches and says which rows it accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jobs.errors import ConfigError
+from jobs.settings import Settings
+
+
+@dataclass
+class BatchResult:
+    """What the destination acknowledged: failed rows are (customer_id, error); the rest landed."""
+
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    attempts: int = 1
+    http_status: int | None = None
+
+
+class Destination(Protocol):
+    name: str
+
+    def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
+        """Deliver one batch; sending the same key again must not apply it twice."""
+
+    def finish(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Called once after every batch of a run was sent."""
+
+
+def destination(settings: Settings, name: str) -> Destination:
+    if name == "file":
+        from jobs.destinations.file import FileDestination
+
+        return FileDestination(settings.destinations.file.path)
+    configured = [n for n in type(settings.destinations).model_fields]
+    raise ConfigError(f"unknown destination {name!r} (configured: {', '.join(configured)})")

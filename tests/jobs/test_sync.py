@@ -1,0 +1,170 @@
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+from pyspark.sql import functions as F
+
+import jobs.sync as sync_module
+from jobs.cli import cli
+from jobs.destinations import BatchResult
+from jobs.destinations.file import FileDestination
+from jobs.gold import run_segments
+from jobs.settings import SyncSettings
+from jobs.sync import LargeChange, sync
+from jobs.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def _append(spark, settings, key, rows, schema, mode="append"):
+    names = schema.fieldNames()
+    spark.createDataFrame([{**dict.fromkeys(names), **r} for r in rows], schema).write.format("delta").mode(
+        mode).save(table_path(settings.lakehouse.root, key))
+
+
+def _customer(cid, consent=True):
+    return {"customer_id": cid, "email": f"{cid.lower()}@example.com", "first_name": cid, "email_consent": consent,
+            "birth_date": date(1990, 1, 1), "city": "Boston", "updated_at": datetime(2026, 1, 1)}
+
+
+def _cart(i, cid, ts):
+    return {"event_id": f"e{i}", "customer_id": cid, "event_type": "cart_abandonment", "event_ts": ts,
+            "event_date": ts.date(), "session_id": f"s{i}"}
+
+
+@pytest.fixture
+def lakehouse(spark, make_settings, tmp_path):
+    settings = make_settings(f"destinations.file.path={tmp_path / 'exports'}")
+    naive = T0.replace(tzinfo=None)
+    _append(spark, settings, "silver.events",
+            [_cart(i, f"C{i}", naive - timedelta(hours=i)) for i in range(1, 7)], SILVER_EVENTS_SCHEMA)
+    _append(spark, settings, "silver.customers",
+            [_customer(f"C{i}", consent=i != 6) for i in range(1, 7)], CUSTOMERS_SCHEMA)
+    run_segments(spark, settings, T0)
+    return settings
+
+
+def _ledger_state(spark, settings, segment="abandoned_cart_24h"):
+    ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").where(F.col("segment_id") == segment)
+    return ledger
+
+
+def _delivered(spark, settings, segment="abandoned_cart_24h"):
+    from transforms.sync import delivered_members
+
+    rows = delivered_members(_ledger_state(spark, settings, segment)).collect()
+    return sorted(r["customer_id"] for r in rows)
+
+
+def test_first_sync_sends_consenting_members_and_a_second_sends_nothing(spark, lakehouse, tmp_path):
+    result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+
+    [segment] = result.segments
+    assert (segment.adds, segment.removes, segment.updates, segment.batches) == (5, 0, 0, 1)  # C6: no consent
+    assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
+    files = sorted((tmp_path / "exports" / result.run_id / "abandoned_cart_24h").glob("*.jsonl"))
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert [(r["action"], r["customer_id"], r["email"]) for r in lines] == [
+        ("add", f"C{i}", f"c{i}@example.com") for i in range(1, 6)]
+    manifest = json.loads((tmp_path / "exports" / result.run_id / "manifest.json").read_text())
+    assert manifest["segments"]["abandoned_cart_24h"]["adds"] == 5
+
+    again = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert [(s.adds, s.removes, s.updates, s.batches) for s in again.segments] == [(0, 0, 0, 0)]
+    state = read_table(spark, lakehouse.lakehouse.root, "ops.sync_state").orderBy("updated_at").collect()
+    assert [r["synced_version"] for r in state] == [1, 1]
+
+
+def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_netted(spark, lakehouse):
+    sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    customers = [_customer(f"C{i}", consent=i not in (1, 6)) for i in range(1, 7)]  # C1 withdraws consent
+    customers[1]["first_name"] = "Bea"  # C2's template attributes change
+    _append(spark, lakehouse, "silver.customers", customers, CUSTOMERS_SCHEMA, mode="overwrite")
+    run_segments(spark, lakehouse, T0 + timedelta(hours=1))
+    run_segments(spark, lakehouse, T0 + timedelta(hours=20, minutes=30))  # carts of C4-C6 now older than 24 h
+
+    result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",), allow_large_change=True)
+
+    [segment] = result.segments
+    assert (segment.adds, segment.removes, segment.updates) == (0, 3, 1)
+    assert _delivered(spark, lakehouse) == ["C2", "C3"]
+    removed = _ledger_state(spark, lakehouse).where(F.col("action") == "remove").select("customer_id").collect()
+    assert sorted(r[0] for r in removed) == ["C1", "C4", "C5"]
+
+
+def test_a_sync_killed_after_a_batch_finishes_on_rerun_without_resending(spark, lakehouse, monkeypatch, tmp_path):
+    sent = []
+
+    class Flaky(FileDestination):
+        def send(self, run_id, segment_id, batch_no, key, rows):
+            if len(sent) == 1:
+                raise RuntimeError("killed after batch 1")
+            sent.append([r["customer_id"] for r in rows])
+            return super().send(run_id, segment_id, batch_no, key, rows)
+
+    monkeypatch.setattr(sync_module, "destination", lambda settings, name: Flaky(str(tmp_path / "exports")))
+    lakehouse = lakehouse.model_copy(update={"sync": SyncSettings(batch_size=2)})
+    with pytest.raises(RuntimeError, match="killed"):
+        sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert _delivered(spark, lakehouse) == ["C1", "C2"]
+    state = tmp_path / "lakehouse" / "ops" / "sync_state"
+    assert not state.exists() or read_table(spark, lakehouse.lakehouse.root, "ops.sync_state").count() == 0
+
+    sent.append(None)  # let every later batch through
+    result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert result.segments[0].adds == 3
+    adds = _ledger_state(spark, lakehouse).where(F.col("action") == "add").groupBy("customer_id").count()
+    assert {r["customer_id"]: r["count"] for r in adds.collect()} == {f"C{i}": 1 for i in range(1, 6)}
+
+
+def test_refused_rows_are_recorded_and_sent_again_next_time(spark, lakehouse, monkeypatch, tmp_path):
+    refuse = {"C2"}
+
+    class Picky(FileDestination):
+        def send(self, run_id, segment_id, batch_no, key, rows):
+            super().send(run_id, segment_id, batch_no, key, rows)
+            return BatchResult(failed=[(r["customer_id"], "400 invalid email") for r in rows
+                                       if r["customer_id"] in refuse], http_status=400)
+
+    monkeypatch.setattr(sync_module, "destination", lambda settings, name: Picky(str(tmp_path / "exports")))
+    first = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert first.segments[0].failed == 1
+    failures = read_table(spark, lakehouse.lakehouse.root, "ops.sync_failures").collect()
+    assert [(r["customer_id"], r["error"]) for r in failures] == [("C2", "400 invalid email")]
+    refuse.clear()
+    second = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert (second.segments[0].adds, second.segments[0].failed) == (1, 0)
+    assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
+
+
+def test_a_large_removal_stops_before_sending_unless_allowed(spark, lakehouse):
+    sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    run_segments(spark, lakehouse, T0 + timedelta(days=3))  # every cart is now too old
+    with pytest.raises(LargeChange, match=r"remove 5 of 5 synced members of abandoned_cart_24h \(100% > 50%\)"):
+        sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
+    sync(spark, lakehouse, "file", ("abandoned_cart_24h",), allow_large_change=True)
+    assert _delivered(spark, lakehouse) == []
+
+
+def test_dry_run_sends_nothing_and_full_refresh_resends_everything(spark, lakehouse, tmp_path):
+    dry = CliRunner().invoke(cli, ["--set", f"lakehouse.root={lakehouse.lakehouse.root}", "--set",
+                                   f"destinations.file.path={tmp_path / 'exports'}", "sync", "file",
+                                   "--segment", "abandoned_cart_24h", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would send (dry run)" in dry.output and "abandoned_cart_24h add: " in dry.output
+    assert not (tmp_path / "exports").exists()
+    assert not (tmp_path / "lakehouse" / "ops" / "sync_ledger").exists()
+
+    sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    refreshed = sync(spark, lakehouse, "file", ("abandoned_cart_24h",), full_refresh=True)
+    assert refreshed.segments[0].adds == 5
+
+
+def test_unknown_segment_and_destination_are_one_line_errors(spark, lakehouse):
+    base = ["--set", f"lakehouse.root={lakehouse.lakehouse.root}", "sync"]
+    unknown = CliRunner().invoke(cli, [*base, "file", "--segment", "nope"])
+    assert unknown.exit_code == 2 and unknown.output.startswith("error: unknown segment 'nope'")
+    nowhere = CliRunner().invoke(cli, [*base, "mailchimp"])
+    assert nowhere.exit_code == 2 and "unknown destination 'mailchimp'" in nowhere.output
