@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: install
 	@test -f $(DEMO_LANDING)/manifest.json || $(BIN)/lakehouse demo generate --out $(DEMO_LANDING)
-	$(BIN)/lakehouse run
+	$(BIN)/lakehouse run --sync file
 	$(BIN)/lakehouse tables
 
 lint: install

@@ -357,20 +357,23 @@ def rules_validate(runtime: Runtime) -> None:
 # -- run ---------------------------------------------------------------------------------------
 @cli.command("run")
 @click.option("--as-of", "as_of", type=UtcTimestamp(), help=AS_OF_HELP)
+@click.option("--sync", "sync_to", multiple=True, metavar="DEST",
+              help="Then sync the changes to this destination (repeatable), e.g. --sync file.")
 @pass_runtime
-def run(runtime: Runtime, as_of: datetime | None) -> None:
-    """Run ingest, cleanse, features and segment in order in one Spark application."""
+def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...]) -> None:
+    """Run ingest, cleanse, features, segment (and sync) in order in one Spark application."""
     from jobs.pipeline import run_pipeline
     from jobs.report import format_table
 
-    stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
+    stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC), sync_to)
     click.echo(format_table(
         ["stage", "rows in", "rows out", "rejected", "seconds", "delta versions"],
         [[s.stage, s.rows_in, s.rows_out, s.rejected, f"{s.seconds:.1f}",
           ", ".join(f"{k}@{v}" for k, v in sorted(s.versions.items())) or "-"] for s in stages],
     ))
     click.echo("")
-    click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in stages[-1].segments]))
+    segment_stage = next(s for s in stages if s.stage == "segment")
+    click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in segment_stage.segments]))
 
 
 # -- sync --------------------------------------------------------------------------------------

@@ -77,14 +77,34 @@ STAGES: tuple[tuple[str, Callable[[SparkSession, Settings, datetime, StageResult
 )
 
 
-def run_pipeline(spark: SparkSession, settings: Settings, as_of: datetime) -> list[StageResult]:
-    """ingest -> cleanse -> features -> segment; a failure stops the run and names its stage.
+def _sync_stage(name: str) -> Callable[[SparkSession, Settings, datetime, StageResult], None]:
+    def stage_fn(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
+        from jobs.sync import sync
+
+        result = sync(spark, settings, name)
+        stage.rows_in = sum(s.adds + s.removes + s.updates for s in result.segments)
+        stage.rows_out = stage.rows_in - sum(s.failed for s in result.segments)
+        stage.rejected = sum(s.failed for s in result.segments)
+
+    return stage_fn
+
+
+def run_pipeline(
+    spark: SparkSession, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = ()
+) -> list[StageResult]:
+    """ingest -> cleanse -> features -> segment (-> sync to each destination); a failure stops
+    the run and names its stage.
 
     The run is one row (job ``run``) in ``ops.job_runs``; each stage also records its own.
     """
     results: list[StageResult] = []
     with job_run(spark, settings.lakehouse.root, "run", settings.env) as run:
-        for name, stage_fn in STAGES:
+        from jobs.destinations import destination
+
+        for name in sync_to:
+            destination(settings, name)  # an unknown destination fails before any stage runs
+        stages = [*STAGES, *[(f"sync:{name}", _sync_stage(name)) for name in sync_to]]
+        for name, stage_fn in stages:
             stage = StageResult(name)
             started = time.perf_counter()
             try:
@@ -97,7 +117,7 @@ def run_pipeline(spark: SparkSession, settings: Settings, as_of: datetime) -> li
             results.append(stage)
         first = results[0]
         run.rows_in = first.rows_in
-        run.rows_out = results[-1].rows_out
+        run.rows_out = next(s.rows_out for s in results if s.stage == "segment")
         run.rows_rejected = sum(s.rejected for s in results)
         run.delta_versions = {k: v for s in results for k, v in s.versions.items()}
         run.metrics = {f"ms.{s.stage}": int(s.seconds * 1000) for s in results}

@@ -301,10 +301,18 @@ def is_delta_table(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
 
+_CREATED: set[str] = set()
+
+
 def ensure_table(spark: SparkSession, root: str, key: str) -> DeltaTable:
-    """The Delta table for ``key``, created empty with its schema and properties if absent."""
+    """The Delta table for ``key``, created empty with its schema and properties if absent.
+
+    Paths this process created or found are remembered, so later calls cost one lookup.
+    """
     table = spec(key)
     path = table_path(root, key)
+    if path in _CREATED:
+        return DeltaTable.forPath(spark, path)
     builder = (
         DeltaTable.createIfNotExists(spark)
         .location(path)
@@ -315,7 +323,9 @@ def ensure_table(spark: SparkSession, root: str, key: str) -> DeltaTable:
         builder = builder.partitionedBy(*table.partition_by)
     for name, value in table.properties.items():
         builder = builder.property(name, value)
-    return builder.execute()
+    created = builder.execute()
+    _CREATED.add(path)
+    return created
 
 
 def read_table(spark: SparkSession, root: str, key: str, version: int | None = None) -> DataFrame:

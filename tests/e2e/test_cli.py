@@ -158,11 +158,15 @@ def test_run_goes_through_every_stage_and_prints_segment_sizes(spark, tmp_path):
                 "--events-per-day", "120", "--seed", "9", "--end", "2026-11-20T00:00:00Z").exit_code == 0
     manifest = json.loads((landing / "manifest.json").read_text())
 
-    result = _run(*_roots(tmp_path), "run", "--as-of", "2026-11-20T00:00:00Z", catch=False)
+    exports = tmp_path / "exports"
+    result = _run(*_roots(tmp_path), "--set", f"destinations.file.path={exports}", "run",
+                  "--as-of", "2026-11-20T00:00:00Z", "--sync", "file", catch=False)
 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [line.split()[0] for line in lines[2:6]] == ["ingest", "cleanse", "features", "segment"]
+    assert [line.split()[0] for line in lines[2:7]] == ["ingest", "cleanse", "features", "segment", "sync:file"]
+    assert len(list(exports.glob("*/manifest.json"))) == 1
+    lines = lines[:6] + lines[7:]
     ingest_row = lines[2].split()
     assert ingest_row[1] == f"{manifest['events']['lines'] + manifest['crm']['rows']:,}"
     sizes = {line.split()[0]: line.split()[1] for line in lines[9:]}
