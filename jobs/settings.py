@@ -113,8 +113,28 @@ class FileDestination(Frozen):
         return _absolute(path)
 
 
+class RetrySettings(Frozen):
+    timeout_seconds: float = Field(default=30, gt=0, description="Per request.")
+    max_attempts: int = Field(default=5, ge=1, description="Tries per request before the run fails.")
+    backoff_seconds: float = Field(default=1.0, ge=0, description="First back-off; doubles, with jitter.")
+
+
+class WebhookDestination(Frozen):
+    url: str = Field(description="Where batches are POSTed as JSON.")
+    secret_env: str = Field(description="Name of the environment variable holding the HMAC secret.")
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, name: str) -> str:
+        if not ENV_VAR_NAME.match(name):
+            raise ValueError(f"expected the name of an environment variable, got {name!r}")
+        return name
+
+
 class DestinationsSettings(Frozen):
     file: FileDestination = Field(default_factory=FileDestination)
+    webhook: WebhookDestination | None = None
 
 
 class SyncSettings(Frozen):

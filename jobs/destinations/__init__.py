@@ -33,5 +33,11 @@ def destination(settings: Settings, name: str) -> Destination:
         from jobs.destinations.file import FileDestination
 
         return FileDestination(settings.destinations.file.path)
+    if name == "webhook":
+        if settings.destinations.webhook is None:
+            raise ConfigError("destination 'webhook' is not configured (destinations.webhook: {url, secret_env})")
+        from jobs.destinations.webhook import WebhookDestination
+
+        return WebhookDestination(settings.destinations.webhook)
     configured = [n for n in type(settings.destinations).model_fields]
     raise ConfigError(f"unknown destination {name!r} (configured: {', '.join(configured)})")

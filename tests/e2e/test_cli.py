@@ -51,8 +51,8 @@ def test_help_lists_every_command_with_a_description():
 
 def test_demo_pipeline_to_bronze_matches_the_manifest_and_is_idempotent(spark, tmp_path):
     landing = tmp_path / "landing"
-    generated = _run("demo", "generate", "--out", str(landing), "--customers", "40", "--days", "2",
-                     "--events-per-day", "300", "--seed", "3", "--end", "2026-11-20T00:00:00Z")
+    generated = _run("demo", "generate", "--out", str(landing), "--customers", "30", "--days", "1",
+                     "--events-per-day", "400", "--seed", "3", "--end", "2026-11-20T00:00:00Z")
     assert generated.exit_code == 0, generated.output
     manifest = json.loads((landing / "manifest.json").read_text())
 

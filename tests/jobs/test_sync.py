@@ -1,5 +1,5 @@
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -12,37 +12,8 @@ from jobs.destinations.file import FileDestination
 from jobs.gold import run_segments
 from jobs.settings import SyncSettings
 from jobs.sync import LargeChange, sync
-from jobs.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
-
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def _append(spark, settings, key, rows, schema, mode="append"):
-    names = schema.fieldNames()
-    spark.createDataFrame([{**dict.fromkeys(names), **r} for r in rows], schema).write.format("delta").mode(
-        mode).save(table_path(settings.lakehouse.root, key))
-
-
-def _customer(cid, consent=True):
-    return {"customer_id": cid, "email": f"{cid.lower()}@example.com", "first_name": cid, "email_consent": consent,
-            "birth_date": date(1990, 1, 1), "city": "Boston", "updated_at": datetime(2026, 1, 1)}
-
-
-def _cart(i, cid, ts):
-    return {"event_id": f"e{i}", "customer_id": cid, "event_type": "cart_abandonment", "event_ts": ts,
-            "event_date": ts.date(), "session_id": f"s{i}"}
-
-
-@pytest.fixture
-def lakehouse(spark, make_settings, tmp_path):
-    settings = make_settings(f"destinations.file.path={tmp_path / 'exports'}")
-    naive = T0.replace(tzinfo=None)
-    _append(spark, settings, "silver.events",
-            [_cart(i, f"C{i}", naive - timedelta(hours=i)) for i in range(1, 7)], SILVER_EVENTS_SCHEMA)
-    _append(spark, settings, "silver.customers",
-            [_customer(f"C{i}", consent=i != 6) for i in range(1, 7)], CUSTOMERS_SCHEMA)
-    run_segments(spark, settings, T0)
-    return settings
+from jobs.tables import CUSTOMERS_SCHEMA, read_table
+from tests.jobs.conftest import T0, _append, _customer
 
 
 def _ledger_state(spark, settings, segment="abandoned_cart_24h"):

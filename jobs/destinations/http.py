@@ -1,0 +1,64 @@
+"""POSTing to an HTTP endpoint with the retry rules every destination shares.
+
+5xx answers, timeouts and dropped connections are retried with exponential back-off and
+jitter; a 429 waits ``Retry-After`` when the server gives it; other 4xx answers are final and
+returned to the caller, who records the rows as failed. A request still failing after the last
+attempt raises :class:`DeliveryFailed`, which stops the sync before its state advances.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobs.settings import RetrySettings
+
+
+class DeliveryFailed(RuntimeError):
+    """The endpoint kept failing transiently; the batch was not acknowledged."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    attempts: int
+
+
+def _retry_after(error: urllib.error.HTTPError) -> float | None:
+    value = error.headers.get("Retry-After") if error.headers else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], retry: RetrySettings,
+    sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+) -> Response:
+    rng = rng or random.Random()
+    for attempt in range(1, retry.max_attempts + 1):
+        backoff = retry.backoff_seconds * (2 ** (attempt - 1)) * (0.5 + rng.random())
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=retry.timeout_seconds) as answer:
+                return Response(answer.status, answer.read(), attempt)
+        except urllib.error.HTTPError as error:
+            if error.code == 429:
+                wait = _retry_after(error)
+                reason = "429 Too Many Requests"
+                backoff = backoff if wait is None else wait
+            elif error.code >= 500:
+                reason = f"HTTP {error.code}"
+            else:
+                return Response(error.code, error.read(), attempt)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = type(error).__name__
+        if attempt < retry.max_attempts:
+            sleep(backoff)
+    raise DeliveryFailed(f"POST {url.split('?')[0]} failed {retry.max_attempts} times (last: {reason})")
