@@ -132,9 +132,17 @@ class WebhookDestination(Frozen):
         return name
 
 
+class S3Destination(Frozen):
+    bucket: str = Field(min_length=3, description="Bucket name.")
+    prefix: str = Field(default="", description="Key prefix under which runs are written.")
+    endpoint_url: str | None = Field(default=None, description="Another S3-compatible endpoint.")
+    region: str | None = Field(default=None, description="AWS region (default: boto3's).")
+
+
 class DestinationsSettings(Frozen):
     file: FileDestination = Field(default_factory=FileDestination)
     webhook: WebhookDestination | None = None
+    s3: S3Destination | None = None
 
 
 class SyncSettings(Frozen):

@@ -39,5 +39,11 @@ def destination(settings: Settings, name: str) -> Destination:
         from jobs.destinations.webhook import WebhookDestination
 
         return WebhookDestination(settings.destinations.webhook)
+    if name == "s3":
+        if settings.destinations.s3 is None:
+            raise ConfigError("destination 's3' is not configured (destinations.s3: {bucket, prefix, endpoint_url})")
+        from jobs.destinations.s3 import S3Destination
+
+        return S3Destination(settings.destinations.s3)
     configured = [n for n in type(settings.destinations).model_fields]
     raise ConfigError(f"unknown destination {name!r} (configured: {', '.join(configured)})")
