@@ -40,6 +40,7 @@ from jobs.settings import Settings, rules_dir
 from jobs.spark import analysis_message
 from jobs.tables import (
     REGISTRY,
+    append_rows,
     commit_marker,
     commit_metadata,
     ensure_table,
@@ -110,9 +111,7 @@ class CleanseResult:
 def _log_batch(spark: SparkSession, root: str, batch: Batch, status: str, run_id: str) -> None:
     row = (batch.pipeline, batch.batch_id, _source_table(batch.pipeline), batch.start_version,
            batch.end_version, batch.target_version, batch.processed_at, status, run_id, utc_now())
-    spark.createDataFrame([row], spec(BATCHES).schema).write.format("delta").mode("append").save(
-        table_path(root, BATCHES)
-    )
+    append_rows(spark, root, BATCHES, [row])
 
 
 def _source_table(pipeline: str) -> str:

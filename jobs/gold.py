@@ -14,10 +14,12 @@ from jobs.runlog import job_run, utc_now
 from jobs.segment_rules import FEATURE_TYPES, Segment, check_sql, load_segments, rules_hash
 from jobs.settings import Settings, rules_dir
 from jobs.tables import (
+    append_rows,
     commit_marker,
     ensure_table,
     is_delta_table,
     latest_version,
+    read_or_empty,
     spec,
     table_path,
 )
@@ -39,13 +41,6 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _table_or_empty(spark: SparkSession, root: str, key: str) -> DataFrame:
-    path = table_path(root, key)
-    if is_delta_table(spark, path):
-        return spark.read.format("delta").load(path)
-    return spark.createDataFrame([], spec(key).schema)
-
-
 @dataclass(frozen=True)
 class FeaturesResult:
     run_id: str
@@ -58,10 +53,10 @@ def build_features(spark: SparkSession, settings: Settings, as_of: datetime) -> 
     """Recompute gold.customer_features as of ``as_of`` (one overwrite commit)."""
     root = settings.lakehouse.root
     with job_run(spark, root, "features", settings.env) as run:
-        events = _table_or_empty(spark, root, "silver.events").select(*EVENT_COLUMNS)
+        events = read_or_empty(spark, root, "silver.events").select(*EVENT_COLUMNS)
         first_day = (as_of - timedelta(days=LARGEST_WINDOW_DAYS)).date()
         recent = events.where((F.col("event_date") >= F.lit(first_day)) & (F.col("event_date") <= F.lit(as_of.date())))
-        customers = _table_or_empty(spark, root, "silver.customers")
+        customers = read_or_empty(spark, root, "silver.customers")
         window = timedelta(minutes=settings.gold.abandonment_window_minutes)
         features = events.transform(customer_features(as_of, window, recent, customers)).transform(
             conform_to(spec(FEATURES).schema))
@@ -131,7 +126,8 @@ def run_segments(spark: SparkSession, settings: Settings, as_of: datetime | None
     features = spark.read.format("delta").load(table_path(root, FEATURES))
     digest = rules_hash(segments)
     with job_run(spark, root, "segment", settings.env) as run:
-        path = _ensured(spark, root, MEMBERSHIP)
+        ensure_table(spark, root, MEMBERSHIP)
+        path = table_path(root, MEMBERSHIP)
         previous_version = latest_version(spark, path)
         previous = spark.read.format("delta").option("versionAsOf", previous_version).load(path)
         current = (
@@ -153,20 +149,12 @@ def run_segments(spark: SparkSession, settings: Settings, as_of: datetime | None
         changes = [(s.id, *counted.get(s.id, (0, 0, 0))) for s in segments]
         changes += [(k, *v) for k, v in sorted(counted.items()) if k not in {s.id for s in segments}]
         now = utc_now()
-        spark.createDataFrame(
-            [(run.run_id, as_of, version, digest, sid, size, entered, exited, now)
-             for sid, size, entered, exited in changes],
-            spec(SEGMENT_RUNS).schema,
-        ).write.format("delta").mode("append").save(_ensured(spark, root, SEGMENT_RUNS))
+        append_rows(spark, root, SEGMENT_RUNS, [(run.run_id, as_of, version, digest, sid, size, entered, exited, now)
+                                                for sid, size, entered, exited in changes])
         run.rows_out = sum(size for _, size, _, _ in changes)
         run.delta_versions = {MEMBERSHIP: version}
         run.metrics = {f"size.{sid}": size for sid, size, _, _ in changes}
         return SegmentRunResult(run.run_id, as_of, version, digest, changes)
-
-
-def _ensured(spark: SparkSession, root: str, key: str) -> str:
-    ensure_table(spark, root, key)
-    return table_path(root, key)
 
 
 # -- reading membership ---------------------------------------------------------------------------
@@ -203,7 +191,7 @@ def diff(spark: SparkSession, root: str, segment_id: str, from_version: int, to_
 
 def history(spark: SparkSession, root: str, segment_id: str) -> list[Row]:
     """Size, entered and exited of a segment over every segment run (one row per run)."""
-    runs = _table_or_empty(spark, root, SEGMENT_RUNS)
+    runs = read_or_empty(spark, root, SEGMENT_RUNS)
     return (
         runs.where(F.col("segment_id") == segment_id)
         .select("delta_version", "as_of", "size", "entered", "exited", "run_id", "rules_hash")
@@ -214,6 +202,6 @@ def history(spark: SparkSession, root: str, segment_id: str) -> list[Row]:
 
 def latest_sizes(spark: SparkSession, root: str) -> dict[str, tuple[int, int]]:
     """segment_id -> (size, version) of the latest segment run."""
-    runs = _table_or_empty(spark, root, SEGMENT_RUNS)
+    runs = read_or_empty(spark, root, SEGMENT_RUNS)
     latest = runs.groupBy("segment_id").agg(F.max_by(F.struct("size", "delta_version"), "delta_version").alias("s"))
     return {r["segment_id"]: (r["s"]["size"], r["s"]["delta_version"]) for r in latest.collect()}

@@ -28,6 +28,7 @@ from jobs.errors import InputError
 from jobs.runlog import job_run, utc_now
 from jobs.settings import Settings, SourceSettings
 from jobs.tables import (
+    append_rows,
     commit_marker,
     ensure_table,
     latest_version,
@@ -87,11 +88,7 @@ def _log_files(
     spark: SparkSession, settings: Settings, source: SourceSettings, rows: list[tuple]
 ) -> int:
     """Append rows to ops.landed_files; the new version."""
-    path = table_path(settings.lakehouse.root, LANDED_FILES)
-    spark.createDataFrame(rows, spec(LANDED_FILES).schema).write.format("delta").mode(
-        "append"
-    ).save(path)
-    return latest_version(spark, path)
+    return latest_version(spark, append_rows(spark, settings.lakehouse.root, LANDED_FILES, rows))
 
 
 def _pending_or_new_batch(

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 
-from jobs.tables import JOB_RUNS_SCHEMA, ensure_table, table_path
+from jobs.tables import append_rows
 
 JOB_RUNS = "ops.job_runs"
 
@@ -54,9 +54,7 @@ def one_line(exc: BaseException, limit: int = 2000) -> str:
 
 
 def _record(spark: SparkSession, root: str, run: JobRun) -> None:
-    ensure_table(spark, root, JOB_RUNS)
-    row = spark.createDataFrame([run.as_row()], JOB_RUNS_SCHEMA)
-    row.write.format("delta").mode("append").save(table_path(root, JOB_RUNS))
+    append_rows(spark, root, JOB_RUNS, [run.as_row()])
 
 
 @contextmanager

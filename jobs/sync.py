@@ -28,7 +28,7 @@ from jobs.destinations import Destination, destination
 from jobs.errors import InputError, LakehouseError
 from jobs.runlog import job_run, utc_now
 from jobs.settings import Settings
-from jobs.tables import ensure_table, is_delta_table, latest_version, spec, table_path
+from jobs.tables import append_rows, is_delta_table, latest_version, read_or_empty, table_path
 from transforms.sync import ACTION_ORDER, TEMPLATE_FIELDS, delivered_members, desired_members, plan_changes
 
 MEMBERSHIP, FEATURES = "gold.segment_membership", "gold.customer_features"
@@ -59,19 +59,6 @@ class SyncResult:
     version: int
     dry_run: bool
     segments: list[SegmentSync]
-
-
-def _read(spark: SparkSession, root: str, key: str) -> DataFrame:
-    path = table_path(root, key)
-    if is_delta_table(spark, path):
-        return spark.read.format("delta").load(path)
-    return spark.createDataFrame([], spec(key).schema)
-
-
-def _append(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> None:
-    if rows:
-        ensure_table(spark, root, key)
-        spark.createDataFrame(rows, spec(key).schema).write.format("delta").mode("append").save(table_path(root, key))
 
 
 def batch_key(destination_name: str, segment_id: str, rows: list[dict[str, Any]]) -> str:
@@ -115,7 +102,7 @@ def sync(
     version = latest_version(spark, table_path(root, MEMBERSHIP))
     membership = spark.read.format("delta").option("versionAsOf", version).load(table_path(root, MEMBERSHIP))
     known = {r[0] for r in membership.select("segment_id").distinct().collect()}  # one row per segment
-    ledger = _read(spark, root, LEDGER).where(F.col("destination") == destination_name)
+    ledger = read_or_empty(spark, root, LEDGER).where(F.col("destination") == destination_name)
     known |= {r[0] for r in ledger.select("segment_id").distinct().collect()}
     unknown = sorted(set(segment_ids) - known)
     if unknown:
@@ -123,14 +110,14 @@ def sync(
     chosen = sorted(segment_ids or known)
 
     desired = membership.where(F.col("segment_id").isin(chosen)).transform(
-        desired_members(_read(spark, root, FEATURES)))
+        desired_members(read_or_empty(spark, root, FEATURES)))
     delivered = delivered_members(ledger.where(F.col("segment_id").isin(chosen)))
     changes = desired.transform(plan_changes(delivered, full_refresh)).persist()
     try:
         counts = Counter({(r["segment_id"], r["action"]): r["count"]
                           for r in changes.groupBy("segment_id", "action").count().collect()})
         sizes = {r["segment_id"]: r["count"] for r in delivered.groupBy("segment_id").count().collect()}
-        synced = {r["segment_id"]: r["v"] for r in _read(spark, root, STATE)
+        synced = {r["segment_id"]: r["v"] for r in read_or_empty(spark, root, STATE)
                   .where(F.col("destination") == destination_name)
                   .groupBy("segment_id").agg(F.max("synced_version").alias("v")).collect()}
         plan = [SegmentSync(s, synced.get(s), counts[(s, "add")], counts[(s, "remove")], counts[(s, "update")],
@@ -155,7 +142,7 @@ def sync(
                 if progress:
                     progress(done, total)
             now = utc_now()
-            _append(spark, root, STATE, [
+            append_rows(spark, root, STATE, [
                 (destination_name, s.segment_id, version, run.run_id, s.adds, s.removes, s.updates, s.failed, now)
                 for s in plan])
             target.finish(run.run_id, {
@@ -194,13 +181,13 @@ def _send(spark: SparkSession, settings: Settings, target: Destination, run_id: 
     failed = dict(result.failed)
     now = utc_now()
     root = settings.lakehouse.root
-    _append(spark, root, LEDGER, [
+    append_rows(spark, root, LEDGER, [
         (target.name, segment.segment_id, row["customer_id"], row["action"], row["attr_hash"], key, run_id, now,
          seq) for seq, row in enumerate(rows) if row["customer_id"] not in failed])
-    _append(spark, root, FAILURES, [
+    append_rows(spark, root, FAILURES, [
         (target.name, segment.segment_id, row["customer_id"], row["action"], failed[row["customer_id"]],
          key, run_id, now) for row in rows if row["customer_id"] in failed])
-    _append(spark, root, LOG, [(
+    append_rows(spark, root, LOG, [(
         target.name, segment.segment_id, run_id, segment.synced_version, version, batch_no, key, len(rows),
         result.attempts, result.http_status, "partial" if failed else "acknowledged", seconds, now)])
     segment.failed += len(failed)

@@ -328,6 +328,25 @@ def ensure_table(spark: SparkSession, root: str, key: str) -> DeltaTable:
     return created
 
 
+def append_rows(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> str:
+    """Append rows (tuples in the table's column order) to ``key``, creating it first; the path.
+
+    No rows, no write (and no table created)."""
+    path = table_path(root, key)
+    if rows:
+        ensure_table(spark, root, key)
+        spark.createDataFrame(rows, spec(key).schema).write.format("delta").mode("append").save(path)
+    return path
+
+
+def read_or_empty(spark: SparkSession, root: str, key: str) -> DataFrame:
+    """The table, or an empty frame with its schema when it was never written."""
+    path = table_path(root, key)
+    if is_delta_table(spark, path):
+        return spark.read.format("delta").load(path)
+    return spark.createDataFrame([], spec(key).schema)
+
+
 def read_table(spark: SparkSession, root: str, key: str, version: int | None = None) -> DataFrame:
     reader = spark.read.format("delta")
     if version is not None:

@@ -189,12 +189,17 @@ def test_a_new_source_field_lands_in_silver_properties(spark, settings):
     assert row["properties"] == {"ref": "mail", "experiment": '{"arm":"b"}'}
 
 
-def test_a_failing_expectation_aborts_before_anything_is_committed(spark, make_settings, tmp_path):
+def _with_expectation(make_settings, tmp_path, name, expect, action):
+    """Settings whose rules are the shipped ones with a single silver.events expectation."""
     rules = tmp_path / "rules"
     shutil.copytree(REPO / "rules", rules)
     (rules / "quality.yaml").write_text(
-        "silver.events:\n  - name: no_purchases\n    expect: \"event_type <> 'purchase'\"\n    action: fail\n")
-    settings = make_settings(f"rules_dir={rules}")
+        f"silver.events:\n  - name: {name}\n    expect: \"{expect}\"\n    action: {action}\n")
+    return make_settings(f"rules_dir={rules}")
+
+
+def test_a_failing_expectation_aborts_before_anything_is_committed(spark, make_settings, tmp_path):
+    settings = _with_expectation(make_settings, tmp_path, "no_purchases", "event_type <> 'purchase'", "fail")
     _land(settings, "events", "a.json", [{
         "event_id": "e1", "customer_id": "C1", "event_type": "purchase", "timestamp": "2026-11-19T10:00:00Z",
         "product_id": "P1", "properties": {"price": 5, "order_id": "O1"}}])
@@ -210,10 +215,6 @@ def test_a_failing_expectation_aborts_before_anything_is_committed(spark, make_s
 
 
 def test_a_bad_expectation_is_refused_before_any_data_is_read(spark, make_settings, tmp_path):
-    rules = tmp_path / "rules"
-    shutil.copytree(REPO / "rules", rules)
-    (rules / "quality.yaml").write_text(
-        "silver.events:\n  - name: typo\n    expect: \"pricee > 0\"\n    action: warn\n")
-    settings = make_settings(f"rules_dir={rules}")
+    settings = _with_expectation(make_settings, tmp_path, "typo", "pricee > 0", "warn")
     with pytest.raises(Exception, match=r"quality\.yaml: silver\.events: typo: .*pricee"):
         cleanse(spark, settings, customers=False)
