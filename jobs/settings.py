@@ -124,12 +124,48 @@ class WebhookDestination(Frozen):
     secret_env: str = Field(description="Name of the environment variable holding the HMAC secret.")
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
-    @field_validator("secret_env")
-    @classmethod
-    def _env_name(cls, name: str) -> str:
-        if not ENV_VAR_NAME.match(name):
-            raise ValueError(f"expected the name of an environment variable, got {name!r}")
-        return name
+    _secret_name = field_validator("secret_env")(classmethod(lambda cls, name: _env_var_name(name)))
+
+
+SECRET_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _env_var_name(name: str) -> str:
+    """Credentials are named, never given: an upper-case variable name, and the value is not echoed
+    back (a key pasted here by mistake must not end up in an error message)."""
+    if not SECRET_ENV_NAME.match(name):
+        raise ValueError("expected the NAME of an environment variable (upper-case letters, digits, _), not a value")
+    return name
+
+
+class KlaviyoDestination(Frozen):
+    base_url: str = Field(default="https://a.klaviyo.com", description="API host (or a proxy / test server).")
+    api_key_env: str = Field(default="KLAVIYO_API_KEY", description="Environment variable holding the private key.")
+    revision: str = Field(default="2026-07-15", pattern=r"^\d{4}-\d{2}-\d{2}(\.\w+)?$",
+                          description="The API revision sent in every request.")
+    lists: dict[str, str] = Field(default_factory=dict, description="Segment id -> Klaviyo list id.")
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    poll_seconds: float = Field(default=2.0, ge=0, description="Wait between import-job status checks.")
+    poll_timeout_seconds: float = Field(default=900, gt=0, description="Give up on an import job after this.")
+
+    _key_name = field_validator("api_key_env")(classmethod(lambda cls, name: _env_var_name(name)))
+
+
+class SfmcDestination(Frozen):
+    auth_url: str = Field(description="https://{subdomain}.auth.marketingcloudapis.com")
+    rest_url: str = Field(description="https://{subdomain}.rest.marketingcloudapis.com")
+    client_id_env: str = Field(default="SFMC_CLIENT_ID", description="Environment variable holding the client id.")
+    client_secret_env: str = Field(default="SFMC_CLIENT_SECRET",
+                                   description="Environment variable holding the client secret.")
+    account_id: str | None = Field(default=None, description="Business unit MID, when the package needs one.")
+    data_extensions: dict[str, str] = Field(default_factory=dict,
+                                            description="Segment id -> data extension external key.")
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    poll_seconds: float = Field(default=2.0, ge=0, description="Wait between async request status checks.")
+    poll_timeout_seconds: float = Field(default=900, gt=0, description="Give up on an async request after this.")
+
+    _id_name = field_validator("client_id_env", "client_secret_env")(
+        classmethod(lambda cls, name: _env_var_name(name)))
 
 
 class S3Destination(Frozen):
@@ -141,6 +177,8 @@ class S3Destination(Frozen):
 
 class DestinationsSettings(Frozen):
     file: FileDestination = Field(default_factory=FileDestination)
+    klaviyo: KlaviyoDestination | None = None
+    sfmc: SfmcDestination | None = None
     webhook: WebhookDestination | None = None
     s3: S3Destination | None = None
 
@@ -331,7 +369,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         return "required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    if value is not None and not isinstance(value, dict | list):
+    secret_like = str(error["loc"][-1]).endswith("_env") if error["loc"] else False
+    if value is not None and not isinstance(value, dict | list) and not secret_like:
         message += f" (got {value!r})"
     return message
 

@@ -123,6 +123,7 @@ def sync(
         plan = [SegmentSync(s, synced.get(s), counts[(s, "add")], counts[(s, "remove")], counts[(s, "update")],
                             delivered_before=sizes.get(s, 0)) for s in chosen]
         _guard(plan, settings.sync.max_remove_share, allow_large_change)
+        target.prepare(chosen)
         if dry_run:
             for segment in plan:
                 for action in ("add", "remove", "update"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,14 +20,43 @@ class BatchResult:
     http_status: int | None = None
 
 
+def secret(setting: str, env_name: str) -> str:
+    """The value of a credential's environment variable; the error names the variable, never a value."""
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(f"{setting}: environment variable {env_name} is not set")
+    return value
+
+
+def segment_target(setting: str, targets: dict[str, str], segment_ids: list[str]) -> None:
+    """Refuse, before anything is sent, segments the destination has nowhere to put."""
+    missing = [s for s in segment_ids if s not in targets]
+    if missing:
+        raise ConfigError(f"{setting} has no entry for segment {missing[0]!r} "
+                          f"(configured: {', '.join(sorted(targets)) or 'none'}); add it or sync with --segment")
+
+
 class Destination(Protocol):
     name: str
 
     def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
         """Deliver one batch; sending the same key again must not apply it twice."""
 
+    def prepare(self, segment_ids: list[str]) -> None:
+        """Called before anything is sent: refuse segments the destination cannot take."""
+
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Called once after every batch of a run was sent."""
+
+
+# name -> (module, class, the keys its settings need): imported only when used.
+_CONFIGURED = {
+    "klaviyo": ("jobs.destinations.klaviyo", "KlaviyoDestination", "api_key_env, lists"),
+    "sfmc": ("jobs.destinations.sfmc", "SfmcDestination",
+             "auth_url, rest_url, client_id_env, client_secret_env, data_extensions"),
+    "webhook": ("jobs.destinations.webhook", "WebhookDestination", "url, secret_env"),
+    "s3": ("jobs.destinations.s3", "S3Destination", "bucket, prefix, endpoint_url"),
+}
 
 
 def destination(settings: Settings, name: str) -> Destination:
@@ -33,17 +64,11 @@ def destination(settings: Settings, name: str) -> Destination:
         from jobs.destinations.file import FileDestination
 
         return FileDestination(settings.destinations.file.path)
-    if name == "webhook":
-        if settings.destinations.webhook is None:
-            raise ConfigError("destination 'webhook' is not configured (destinations.webhook: {url, secret_env})")
-        from jobs.destinations.webhook import WebhookDestination
-
-        return WebhookDestination(settings.destinations.webhook)
-    if name == "s3":
-        if settings.destinations.s3 is None:
-            raise ConfigError("destination 's3' is not configured (destinations.s3: {bucket, prefix, endpoint_url})")
-        from jobs.destinations.s3 import S3Destination
-
-        return S3Destination(settings.destinations.s3)
-    configured = [n for n in type(settings.destinations).model_fields]
-    raise ConfigError(f"unknown destination {name!r} (configured: {', '.join(configured)})")
+    if name not in _CONFIGURED:
+        known = ", ".join(type(settings.destinations).model_fields)
+        raise ConfigError(f"unknown destination {name!r} (configured: {known})")
+    module, cls, keys = _CONFIGURED[name]
+    configured = getattr(settings.destinations, name)
+    if configured is None:
+        raise ConfigError(f"destination {name!r} is not configured (destinations.{name}: {{{keys}}})")
+    return getattr(importlib.import_module(module), cls)(configured)  # type: ignore[no-any-return]

@@ -45,6 +45,9 @@ class ExportDestination:
         self._write(batch_name(run_id, segment_id, batch_no, key), batch_lines(rows))
         return BatchResult()
 
+    def prepare(self, segment_ids: list[str]) -> None:
+        """Any segment goes: each gets its own folder."""
+
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         self._write(f"{run_id}/manifest.json", manifest_text(summary))
 

@@ -1,18 +1,22 @@
-"""POSTing to an HTTP endpoint with the retry rules every destination shares.
+"""HTTP calls with the retry rules every destination shares.
 
 5xx answers, timeouts and dropped connections are retried with exponential back-off and
-jitter; a 429 waits ``Retry-After`` when the server gives it; other 4xx answers are final and
-returned to the caller, who records the rows as failed. A request still failing after the last
-attempt raises :class:`DeliveryFailed`, which stops the sync before its state advances.
+jitter; a 429 waits ``Retry-After`` when the server gives it, else backs off the same way;
+other 4xx answers are final and returned to the caller, who records the rows as failed. A
+request still failing after the last attempt raises :class:`DeliveryFailed`, which stops the
+sync before its state advances. Every attempt can pass through a rate limiter's slot.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import random
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from jobs.settings import RetrySettings
@@ -37,16 +41,19 @@ def _retry_after(error: urllib.error.HTTPError) -> float | None:
         return None
 
 
-def post(
-    url: str, body: bytes, headers: dict[str, str], retry: RetrySettings,
+def request(
+    method: str, url: str, body: bytes | None, headers: dict[str, str], retry: RetrySettings,
     sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+    throttle: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> Response:
+    """One HTTP call, retried by the shared rules; 2xx and final 4xx answers are returned."""
     rng = rng or random.Random()
     for attempt in range(1, retry.max_attempts + 1):
         backoff = retry.backoff_seconds * (2 ** (attempt - 1)) * (0.5 + rng.random())
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        call = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=retry.timeout_seconds) as answer:
+            with (throttle() if throttle else contextlib.nullcontext(),
+                  urllib.request.urlopen(call, timeout=retry.timeout_seconds) as answer):
                 return Response(answer.status, answer.read(), attempt)
         except urllib.error.HTTPError as error:
             if error.code == 429:
@@ -57,8 +64,15 @@ def post(
                 reason = f"HTTP {error.code}"
             else:
                 return Response(error.code, error.read(), attempt)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
             reason = type(error).__name__
         if attempt < retry.max_attempts:
             sleep(backoff)
-    raise DeliveryFailed(f"POST {url.split('?')[0]} failed {retry.max_attempts} times (last: {reason})")
+    raise DeliveryFailed(f"{method} {url.split('?')[0]} failed {retry.max_attempts} times (last: {reason})")
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], retry: RetrySettings,
+    sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+) -> Response:
+    return request("POST", url, body, headers, retry, sleep, rng)

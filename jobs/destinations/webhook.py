@@ -10,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from typing import Any
 
-from jobs.destinations import BatchResult
+from jobs.destinations import BatchResult, secret
 from jobs.destinations.http import post
-from jobs.errors import ConfigError
 from jobs.settings import WebhookDestination as WebhookSettings
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
@@ -29,11 +27,8 @@ class WebhookDestination:
     name = "webhook"
 
     def __init__(self, settings: WebhookSettings):
-        secret = os.environ.get(settings.secret_env)
-        if not secret:
-            raise ConfigError(f"destinations.webhook.secret_env: environment variable {settings.secret_env} is not set")
         self.settings = settings
-        self._secret = secret.encode()
+        self._secret = secret("destinations.webhook.secret_env", settings.secret_env).encode()
 
     def _post(self, key: str, payload: dict[str, Any]) -> Any:
         body = json.dumps(payload, sort_keys=True, default=str).encode()
@@ -48,6 +43,9 @@ class WebhookDestination:
             return BatchResult(failed=[(row["customer_id"], error) for row in rows], attempts=answer.attempts,
                                http_status=answer.status)
         return BatchResult(attempts=answer.attempts, http_status=answer.status)
+
+    def prepare(self, segment_ids: list[str]) -> None:
+        """Any segment goes: the payload names it."""
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Nothing to finish: every batch stands on its own."""

@@ -1,0 +1,106 @@
+"""The SFMC destination against a fake Marketing Cloud: tokens that expire and get revoked,
+async upserts that are pending before they complete, row errors, and injected failures."""
+
+import pytest
+
+from jobs.destinations.http import DeliveryFailed
+from jobs.destinations.sfmc import SfmcDestination
+from jobs.settings import RetrySettings
+from jobs.settings import SfmcDestination as SfmcSettings
+from jobs.sync import sync
+from jobs.tables import read_table
+from tests.fakes.sfmc import FakeSfmc
+
+CLIENT_ID, CLIENT_SECRET = "k2x9client0id4test", "Zq8-secret-value-for-tests"
+DE = "DE_abandoned_cart"
+SEGMENT = "abandoned_cart_24h"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setenv("TEST_SFMC_ID", CLIENT_ID)
+    monkeypatch.setenv("TEST_SFMC_SECRET", CLIENT_SECRET)
+    made = []
+
+    def start(**kwargs):
+        server = FakeSfmc(CLIENT_ID, CLIENT_SECRET, {DE}, **kwargs)
+        made.append(server)
+        return server, server.start()
+
+    yield start
+    for server in made:
+        server.stop()
+
+
+def _settings(url):
+    return SfmcSettings(auth_url=url, rest_url=url + "/", client_id_env="TEST_SFMC_ID",
+                        client_secret_env="TEST_SFMC_SECRET", data_extensions={SEGMENT: DE}, poll_seconds=0.01,
+                        retry=RetrySettings(timeout_seconds=1, max_attempts=8, backoff_seconds=0.01))
+
+
+def _rows(ids, action="add"):
+    return [{"action": action, "customer_id": c, "attr_hash": "h", "email": f"{c.lower()}@example.com",
+             "first_name": c, "last_viewed_product": "p1", "last_viewed_category": "shoes",
+             "abandoned_products": ["p1"], "rfm_segment": "champions"} for c in ids]
+
+
+def test_the_token_is_cached_refreshed_on_401_and_fetched_again_when_it_expires(fake):
+    server, url = fake()
+    destination = SfmcDestination(_settings(url))
+    for i in range(3):
+        assert destination.send("r", SEGMENT, i, "k", _rows([f"C{i}"])).failed == []
+    assert server.token_calls == 1
+
+    server.revoke_tokens()  # e.g. the installed package was rotated
+    destination.send("r", SEGMENT, 4, "k", _rows(["C4"], "remove"))
+    assert server.token_calls == 2
+
+    short, short_url = fake(expires_in=60)  # expires within the minute of margin: fetched for every call
+    expiring = SfmcDestination(_settings(short_url))
+    expiring.send("r", SEGMENT, 1, "k", _rows(["C1"]))
+    expiring.send("r", SEGMENT, 2, "k", _rows(["C2"]))
+    assert short.token_calls >= 2
+    assert server.members(DE) == {"C0", "C1", "C2"} and server.violations == [] == short.violations
+    assert server.rows[DE]["C4"] == {"customer_id": "C4", "in_segment": False}
+
+
+def test_row_errors_fail_the_rows_of_their_request_and_bad_credentials_stop_the_sync(fake, monkeypatch):
+    server, url = fake(reject={"C2"})
+    destination = SfmcDestination(_settings(url))
+    result = destination.send("r", SEGMENT, 1, "k", _rows(["C1", "C2"]))
+    assert sorted(result.failed) == [("C1", "InvalidValue: Email address is not valid."),
+                                     ("C2", "InvalidValue: Email address is not valid.")]
+
+    monkeypatch.setenv("TEST_SFMC_SECRET", "wrong")
+    with pytest.raises(DeliveryFailed, match="token request refused with HTTP 401") as refused:
+        SfmcDestination(_settings(url)).send("r", SEGMENT, 2, "k", _rows(["C3"]))
+    assert "wrong" not in str(refused.value) and CLIENT_ID not in str(refused.value)
+
+
+def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_rows(spark, lakehouse, fake,
+                                                                                   monkeypatch):
+    server, url = fake(fault_rate=0.2, seed=11)
+    settings = lakehouse.model_copy(update={
+        "destinations": lakehouse.destinations.model_copy(update={"sfmc": _settings(url)}),
+        "sync": lakehouse.sync.model_copy(update={"batch_size": 2})})
+    sent = []
+    real_send = SfmcDestination.send
+
+    def dies_after_second_batch(self, *args):
+        if len(sent) == 2:
+            raise KeyboardInterrupt  # the operator's Ctrl-C, or a killed container
+        sent.append(args[2])
+        return real_send(self, *args)
+
+    monkeypatch.setattr(SfmcDestination, "send", dies_after_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        sync(spark, settings, "sfmc", (SEGMENT,))
+    assert server.members(DE) == {"C1", "C2", "C3", "C4"}
+
+    sent.append("go on")
+    result = sync(spark, settings, "sfmc", (SEGMENT,))
+    assert result.segments[0].adds == 1
+    assert server.members(DE) == {"C1", "C2", "C3", "C4", "C5"}
+    assert server.injected and server.violations == []
+    ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
+    assert {r["customer_id"]: r["count"] for r in ledger.collect()} == {f"C{i}": 1 for i in range(1, 6)}
