@@ -174,6 +174,13 @@ def test_run_goes_through_every_stage_and_prints_segment_sizes(spark, tmp_path):
     runs = json.loads(_run(*_roots(tmp_path), "tables", "--json").output)
     assert {t["table"]: t["last_run_status"] for t in runs}["gold.segment_membership"] == "succeeded"
 
+    batches = sorted(exports.glob("*/*/*.jsonl"))
+    again = _run(*_roots(tmp_path), "--set", f"destinations.file.path={exports}", "sync", "file", catch=False)
+    assert again.exit_code == 0, again.output
+    rows = [line.split() for line in again.output.splitlines()[3:]]
+    assert {r[0] for r in rows} == {s for s, n in sizes.items() if n != "0"} and {tuple(r[1:]) for r in rows} == {("0", "0", "0", "0", "0")}
+    assert batches and sorted(exports.glob("*/*/*.jsonl")) == batches  # the second sync sent nothing
+
 
 def test_run_stops_at_the_first_failing_stage_and_says_which(spark, tmp_path):
     from jobs.tables import read_table
