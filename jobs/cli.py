@@ -443,6 +443,23 @@ def jars(sep: str) -> None:
     click.echo(sep.join(str(p) for p in paths))
 
 
+# -- package -----------------------------------------------------------------------------------
+@cli.command("package")
+@click.option("--out", "out", default="dist/spark", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to write the cluster bundle to.")
+@pass_runtime
+def package(runtime: Runtime, out: str) -> None:
+    """Build the spark-submit bundle: code zip, entry script, Delta jars, conf and rules."""
+    from jobs.package import build
+    from jobs.settings import rules_dir
+
+    parts = build(Path(out), rules_dir(runtime.settings))
+    click.echo(f"bundle written to {out}; submit with:")
+    click.echo(f"  spark-submit --master <MASTER> --jars {parts['jars']} \\\n"
+               f"    --py-files {parts['py_files']} --archives {parts['archives']} \\\n"
+               f"    {parts['entry']} --env prod run --sync file")
+
+
 def main() -> None:
     cli.main(prog_name="lakehouse")
 
