@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_LANDING ?= data/landing
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench package clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: install
 	$(BIN)/lakehouse run --sync file
 	$(BIN)/lakehouse tables
 
+# Not a test: prints timings (EVENTS=5000000 make bench for the memory check).
+EVENTS ?= 1000000
+bench: install
+	$(BIN)/lakehouse bench --events $(EVENTS)
+
+package: install
+	$(BIN)/lakehouse package --out dist/spark
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -29,4 +37,4 @@ test: lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf data spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache
+	rm -rf data dist spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

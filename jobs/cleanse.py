@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import reduce
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -147,18 +149,43 @@ def _plan(spark: SparkSession, root: str, pipeline: str, run_id: str) -> Batch |
     return batch
 
 
+def _appended_ranges(spark: SparkSession, path: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Contiguous version ranges within ``[start, end]`` of commits that appended data.
+
+    Bronze only grows by appends; other commits (an erasure's DELETE, its purge, compaction)
+    rewrite rows already cleansed, and their change files may be vacuumed away, so they are
+    skipped like a stream's ``skipChangeCommits``.
+    """
+    history = (DeltaTable.forPath(spark, path).history()
+               .where((F.col("version") >= start) & (F.col("version") <= end))
+               .select("version", "operation").collect())  # one row per commit of the batch
+    appends = sorted(r["version"] for r in history if r["operation"] in ("WRITE", "STREAMING UPDATE"))
+    ranges: list[tuple[int, int]] = []
+    for version in appends:
+        if ranges and ranges[-1][1] == version - 1:
+            ranges[-1] = (ranges[-1][0], version)
+        else:
+            ranges.append((version, version))
+    return ranges
+
+
 def _bronze_changes(spark: SparkSession, root: str, batch: Batch) -> DataFrame:
     """Rows the batch's bronze commits inserted (later rewrites, e.g. erasure, are skipped)."""
-    return (
+    path = table_path(root, _source_table(batch.pipeline))
+    frames = [
         spark.read.format("delta")
         .option("readChangeFeed", "true")
-        .option("startingVersion", batch.start_version)
-        .option("endingVersion", batch.end_version)
-        .load(table_path(root, _source_table(batch.pipeline)))
+        .option("startingVersion", first)
+        .option("endingVersion", last)
+        .load(path)
         .where(F.col("_change_type") == "insert")
         .withColumn("_bronze_version", F.col("_commit_version"))
         .drop("_change_type", "_commit_version", "_commit_timestamp")
-    )
+        for first, last in _appended_ranges(spark, path, batch.start_version, batch.end_version)
+    ]
+    if not frames:
+        return spark.createDataFrame([], spark.read.format("delta").load(path).schema.add("_bronze_version", "long"))
+    return reduce(DataFrame.unionByName, frames)
 
 
 def _as_of(spark: SparkSession, root: str, key: str, version: int | None) -> DataFrame | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.errors import LakehouseError
+from jobs.errors import InputError, LakehouseError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -397,6 +397,8 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
         click.echo(f"\rbatches [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True,
                    nl=done >= total)
 
+    from jobs.pii import masked_row
+
     result = run_sync(runtime.spark, runtime.settings, destination_name, segment_ids, dry_run=dry_run,
                       full_refresh=full_refresh, allow_large_change=allow_large_change,
                       progress=progress if sys.stderr.isatty() else None)
@@ -409,7 +411,8 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
     for segment in result.segments:
         for action, rows in segment.samples.items():
             for row in rows:
-                click.echo(f"  {segment.segment_id} {action}: {json.dumps(row, sort_keys=True, default=str)}")
+                shown = masked_row(row)  # what would be sent, without the personal data itself
+                click.echo(f"  {segment.segment_id} {action}: {json.dumps(shown, sort_keys=True, default=str)}")
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -441,6 +444,74 @@ def jars(sep: str) -> None:
 
     paths = cached_delta_jars() or resolve_delta_jars()
     click.echo(sep.join(str(p) for p in paths))
+
+
+# -- privacy -----------------------------------------------------------------------------------
+@cli.group("privacy")
+def privacy() -> None:
+    """Right to be forgotten."""
+
+
+@privacy.command("erase")
+@click.option("--customer-id", "customer_ids", multiple=True, help="A customer to erase (repeatable).")
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False),
+              help="A file of customer ids, one per line.")
+def privacy_erase_command(customer_ids: tuple[str, ...], from_file: str | None) -> None:
+    """Delete customers from every table and version, and from every configured email platform."""
+    runtime = click.get_current_context().find_object(Runtime)
+    from jobs.privacy import erase
+    from jobs.report import format_table
+
+    ids = list(customer_ids)
+    if from_file:
+        try:
+            ids += [line.strip() for line in Path(from_file).read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise InputError(f"--from-file: cannot read {from_file}: {exc.strerror}") from None
+    if not ids:
+        raise click.UsageError("give --customer-id ID (repeatable) or --from-file PATH")
+    settings = runtime.settings
+    platforms = tuple(n for n in ("klaviyo", "sfmc") if getattr(settings.destinations, n) is not None)
+    result = erase(runtime.spark, settings, ids, platforms)
+    click.echo(f"erased {result.customers} customers (erasure {result.erasure_id}); rows deleted per table:")
+    click.echo(format_table(["table", "rows"], [[k, v] for k, v in sorted(result.tables.items())]))
+    for name, answer in sorted(result.platforms.items()):
+        click.echo(f"{name}: {answer}")
+
+
+# -- maintain ----------------------------------------------------------------------------------
+@cli.command("maintain")
+@click.option("--table", "table", default=None, help="One table (layer.name); default: every table.")
+@pass_runtime
+def maintain_command(runtime: Runtime, table: str | None) -> None:
+    """Compact small files (OPTIMIZE, Z-order where configured) and VACUUM with the configured retention."""
+    from jobs.maintain import maintain
+    from jobs.report import format_table
+
+    results = maintain(runtime.spark, runtime.settings, table)
+    click.echo(format_table(
+        ["table", "files before", "files after", "z-order", "retention h", "seconds"],
+        [[r.table, r.files_before, r.files_after, ",".join(r.zorder) or "-", f"{r.retention_hours:g}",
+          f"{r.seconds:.1f}"] for r in results]))
+
+
+# -- bench -------------------------------------------------------------------------------------
+@cli.command("bench")
+@click.option("--events", default=1_000_000, show_default=True, type=click.IntRange(min=1000),
+              help="About how many event lines to generate.")
+@click.option("--workdir", default="data/bench", show_default=True, type=click.Path(file_okay=False),
+              help="Scratch folder for the landing zone and lakehouse (emptied first).")
+@click.option("--out", default="bench/results", show_default=True, type=click.Path(file_okay=False),
+              help="Where the JSON and Markdown results go.")
+@pass_runtime
+def bench(runtime: Runtime, events: int, workdir: str, out: str) -> None:
+    """Benchmark the pipeline against a bare read+append floor, full and 1 % incremental."""
+    from jobs.bench import markdown, run_bench, write
+
+    result = run_bench(runtime.spark, runtime.settings, events, Path(workdir).resolve())
+    json_path, md_path = write(result, Path(out))
+    click.echo(markdown(result))
+    click.echo(f"results: {json_path}, {md_path}")
 
 
 # -- package -----------------------------------------------------------------------------------

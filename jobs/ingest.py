@@ -189,12 +189,15 @@ def _land(
     spark: SparkSession, settings: Settings, source: SourceSettings, batch: Batch, run_id: str,
     ingested_at: datetime,
 ) -> tuple[int, int, int]:
+    from jobs.privacy import erased_filter, without_erased
+
     """Append the batch to bronze in one idempotent commit; (version, rows, corrupt rows)."""
     key = BRONZE_TABLES[source.kind]
     read = _read_json if source.format == "json" else _read_csv
     observation = Observation(f"landing_{run_id}")
     rows = (
         read(spark, source, batch.paths)
+        .transform(without_erased(erased_filter(spark, settings), source.kind))  # right to be forgotten
         .transform(with_landing_metadata(source.name, run_id, ingested_at))
         .transform(conform_to(spec(key).schema))
         .observe(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 
+from jobs.pii import mask
 from jobs.tables import append_rows
 
 JOB_RUNS = "ops.job_runs"
@@ -72,7 +73,7 @@ def job_run(
     try:
         yield run
     except BaseException as exc:
-        run.status, run.error, run.ended_at = "failed", one_line(exc), utc_now()
+        run.status, run.error, run.ended_at = "failed", mask(one_line(exc)), utc_now()
         _record(spark, root, run)
         raise
     run.status, run.ended_at = "succeeded", utc_now()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigError
 
@@ -183,6 +183,46 @@ class DestinationsSettings(Frozen):
     s3: S3Destination | None = None
 
 
+class PrivacySettings(Frozen):
+    salt_env: str = Field(default="LAKEHOUSE_ERASURE_SALT",
+                          description="Environment variable holding the salt of erased-id hashes.")
+    erase_vacuum_retention_hours: float = Field(
+        default=0, ge=0,
+        description="VACUUM retention after an erasure: 0 makes every earlier version of a touched table "
+                    "unreadable, which the right to be forgotten requires.")
+
+    _salt_name = field_validator("salt_env")(classmethod(lambda cls, name: _env_var_name(name)))
+
+
+class MaintenanceSettings(Frozen):
+    time_travel_days: float = Field(
+        default=30, gt=0,
+        description="How far back segment history and time travel are promised to reach; no VACUUM goes shorter.")
+    default_retention_hours: float | None = Field(
+        default=None, ge=0, description="VACUUM retention of every table (default: the time-travel window).")
+    retention_hours: dict[str, float] = Field(
+        default_factory=dict, description="Per-table VACUUM retention (table key -> hours).")
+    zorder: dict[str, list[str]] = Field(
+        default_factory=lambda: {"bronze.events": ["customer_id"], "silver.events": ["customer_id"]},
+        description="Tables OPTIMIZE clusters by Z-order (table key -> columns); the rest are compacted.")
+
+    def retention_for(self, table: str) -> float:
+        window = self.time_travel_days * 24
+        return self.retention_hours.get(table, self.default_retention_hours or window)
+
+    @model_validator(mode="after")
+    def _retention_keeps_the_promise(self) -> MaintenanceSettings:
+        window = self.time_travel_days * 24
+        if self.default_retention_hours is not None and self.default_retention_hours < window:
+            raise ValueError(f"default_retention_hours {self.default_retention_hours:g} is shorter than the "
+                             f"time-travel window ({self.time_travel_days:g} days = {window:g} h, time_travel_days)")
+        for table, hours in sorted(self.retention_hours.items()):
+            if hours < window:
+                raise ValueError(f"retention_hours.{table} {hours:g} is shorter than the time-travel window "
+                                 f"({self.time_travel_days:g} days = {window:g} h, time_travel_days)")
+        return self
+
+
 class SyncSettings(Frozen):
     batch_size: int = Field(default=500, gt=0, description="Changes per batch sent to a destination.")
     max_remove_share: float = Field(
@@ -241,6 +281,8 @@ class Settings(Frozen):
     cleanse: CleanseSettings = Field(default_factory=CleanseSettings)
     gold: GoldSettings = Field(default_factory=GoldSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     destinations: DestinationsSettings = Field(default_factory=DestinationsSettings)
     rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")
     sources: dict[str, SourceSettings] = Field(default_factory=dict)

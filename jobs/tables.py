@@ -179,6 +179,10 @@ SYNC_FAILURES_SCHEMA = T.StructType(_fields(
     ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("action", STR),
     ("error", STR), ("batch_key", STR), ("run_id", STR), ("failed_at", TS),
 ))
+ERASURE_LOG_SCHEMA = T.StructType(_fields(
+    ("erasure_id", STR), ("id_hash", STR), ("linked_hashes", T.ArrayType(STR)), ("status", STR),
+    ("tables", T.MapType(STR, LONG)), ("platforms", T.MapType(STR, STR)), ("recorded_at", TS),
+))
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,11 @@ REGISTRY: dict[str, TableSpec] = {
         TableSpec(
             "ops", "job_runs", JOB_RUNS_SCHEMA,
             "One row per job run: status, rows in/out/rejected, Delta versions written, error.",
+        ),
+        TableSpec(
+            "ops", "erasure_log", ERASURE_LOG_SCHEMA,
+            "Right-to-be-forgotten requests: salted hashes of the erased ids (never the ids), tables and "
+            "rows deleted, platform answers; also the filter that keeps erased ids out at ingest.",
         ),
         TableSpec(
             "ops", "landed_files", LANDED_FILES_SCHEMA,

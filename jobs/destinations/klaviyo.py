@@ -210,6 +210,19 @@ class KlaviyoDestination:
             yield from page["data"]
             path = _relative((page.get("links") or {}).get("next"))
 
+    def erase(self, customer_ids: list[str]) -> str:
+        """Ask Klaviyo to delete each customer's profile (``POST /api/data-privacy-deletion-jobs``)."""
+        self._look_up([c for c in customer_ids if c not in self.profile_ids])
+        known = [c for c in customer_ids if c in self.profile_ids]
+        for customer in known:
+            body = json.dumps({"data": {"type": "data-privacy-deletion-job", "attributes": {"profile": {
+                "data": {"type": "profile", "id": self.profile_ids[customer], "attributes": {}}}}}}).encode()
+            answer = self._call("request_profile_deletion", "POST", "/api/data-privacy-deletion-jobs", body)
+            if answer.status >= 400:
+                raise DeliveryFailed(f"Klaviyo deletion request: {self._refused(answer)}")
+            del self.profile_ids[customer]
+        return f"{len(known)} deletion jobs requested, {len(customer_ids) - len(known)} not known to Klaviyo"
+
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Nothing to finish: every job was polled to its end."""
 

@@ -121,5 +121,19 @@ class SfmcDestination:
                                      f"{self.settings.poll_timeout_seconds:g} s")
             self.sleep(self.settings.poll_seconds)
 
+    def erase(self, customer_ids: list[str]) -> str:
+        """Scrub the customers' rows in every configured data extension: out of the segment and every
+        personal field emptied (the async API upserts; it has no row delete)."""
+        items = [{"customer_id": c, "in_segment": False, **dict.fromkeys(TEMPLATE_FIELDS)} for c in customer_ids]
+        for segment_id, key in sorted(self.settings.data_extensions.items()):
+            answer = self._call("PUT", f"/data/v1/async/dataextensions/key:{urllib.parse.quote(key, safe='')}/rows",
+                                {"items": items})
+            if answer.status >= 400:
+                raise DeliveryFailed(f"SFMC scrub of {segment_id}: HTTP {answer.status}")
+            status = self._wait_for(json.loads(answer.body)["requestId"])
+            if status["requestStatus"] == "Error" or status.get("hasErrors"):
+                raise DeliveryFailed(f"SFMC scrub of {segment_id} ended with errors")
+        return f"rows scrubbed in {len(self.settings.data_extensions)} data extensions"
+
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Nothing to finish: every request was polled to its end."""

@@ -201,3 +201,14 @@ def test_a_sync_killed_mid_batch_completes_exactly_on_rerun(spark, lakehouse, fa
     assert server.members(LIST) == {"C1", "C2", "C3", "C4", "C5"} and server.violations == []
     adds = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
     assert {r["customer_id"]: r["count"] for r in adds.collect()} == {f"C{i}": 1 for i in range(1, 6)}
+
+
+def test_erasure_asks_klaviyo_to_delete_known_profiles(fake):
+    server, url = fake()
+    destination = KlaviyoDestination(_settings(url))
+    destination.send("r", SEGMENT, 1, "k", _rows(["C1", "C2"]))
+    destination.profile_ids.clear()  # a later process: the map is filled again from GET /api/profiles
+
+    assert destination.erase(["C1", "C9"]) == "1 deletion jobs requested, 1 not known to Klaviyo"
+    assert [d["id"] for d in server.deletions] == [server.by_external["C1"]]
+    assert server.violations == []  # the deletion body matched Klaviyo's request_profile_deletion schema

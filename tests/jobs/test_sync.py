@@ -125,6 +125,8 @@ def test_dry_run_sends_nothing_and_full_refresh_resends_everything(spark, lakeho
                                    "--segment", "abandoned_cart_24h", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "would send (dry run)" in dry.output and "abandoned_cart_24h add: " in dry.output
+    assert "@example.com" in dry.output and "c1@example.com" not in dry.output  # emails masked
+    assert '"customer_id": "id:' in dry.output and '"C1"' not in dry.output  # ids hashed
     assert not (tmp_path / "exports").exists()
     assert not (tmp_path / "lakehouse" / "ops" / "sync_ledger").exists()
 

@@ -1,0 +1,178 @@
+"""``lakehouse bench``: how fast the pipeline is against the floor, on the same generated data.
+
+In one run, on one Spark application and a fresh lakehouse under ``--workdir``:
+
+1. generate about N event lines with the demo generator (fixed seed) plus its CRM files;
+2. the floor: a bare ``spark.read.json`` of the landing files and one Delta append;
+3. the full pipeline (ingest -> cleanse -> features -> segment), each stage's time and rows/s,
+   and its ratio to the floor;
+4. an incremental run after 1 % new events (the next day) land on top, and its ratio to the
+   full run;
+5. peak driver memory: the JVM heap's used bytes sampled four times a second, and the Python
+   process's peak RSS.
+
+Results go to ``{out}/bench-{N}.json`` and ``{out}/bench-{N}.md``; the Markdown is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import shutil
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from jobs.demo import generate
+from jobs.pipeline import StageResult, run_pipeline
+from jobs.settings import Settings
+
+DAYS = 7
+SEED = 1234
+END = datetime.fromisoformat("2026-11-01T00:00:00+00:00")
+LINES_PER_CLEAN_EVENT = 1.09  # the generator's dirt and bot traffic, measured at 1M lines
+
+
+class HeapSampler:
+    """The driver JVM's used heap, sampled every ``interval`` seconds on a thread; ``peak`` in bytes."""
+
+    def __init__(self, spark: SparkSession, interval: float = 0.25):
+        jvm = spark.sparkContext._jvm  # type: ignore[union-attr]
+        self._memory = jvm.java.lang.management.ManagementFactory.getMemoryMXBean()
+        self.max = int(self._memory.getHeapMemoryUsage().getMax())
+        self.peak = 0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, int(self._memory.getHeapMemoryUsage().getUsed()))
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> HeapSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _python_peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _stages(results: list[StageResult]) -> list[dict[str, Any]]:
+    return [{"stage": s.stage, "rows_in": s.rows_in, "rows_out": s.rows_out, "rejected": s.rejected,
+             "seconds": round(s.seconds, 2), "rows_per_second": round(max(s.rows_in, s.rows_out) / s.seconds)
+             if s.seconds else None} for s in results]
+
+
+def run_bench(spark: SparkSession, settings: Settings, events: int, workdir: Path) -> dict[str, Any]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    landing, lakehouse = workdir / "landing", workdir / "lakehouse"
+    settings = settings.model_copy(update={
+        "lakehouse": settings.lakehouse.model_copy(update={"root": str(lakehouse)}),
+        "landing": settings.landing.model_copy(update={"root": str(landing)}),
+    })
+    per_day = max(10, round(events / DAYS / LINES_PER_CLEAN_EVENT))
+    customers = max(50, events // 100)
+
+    started = time.perf_counter()
+    manifest = generate(landing, customers=customers, days=DAYS, events_per_day=per_day, seed=SEED, end=END)
+    generate_seconds = time.perf_counter() - started
+    lines = manifest["events"]["lines"]
+
+    with HeapSampler(spark) as sampler:
+        started = time.perf_counter()
+        raw = spark.read.json(str(landing / "events"))
+        raw.write.format("delta").mode("append").save(str(workdir / "floor"))
+        floor_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        full = run_pipeline(spark, settings, END)
+        full_seconds = time.perf_counter() - started
+
+        increment = workdir / "increment"
+        next_day = END + timedelta(days=1)
+        extra = generate(increment, customers=customers, days=1, events_per_day=max(1, round(per_day * DAYS / 100)),
+                         seed=SEED + 1, end=next_day)
+        for name in extra["files"]["events"]:
+            shutil.copy(increment / name, landing / name)
+        started = time.perf_counter()
+        incremental = run_pipeline(spark, settings, next_day)
+        incremental_seconds = time.perf_counter() - started
+
+    conf = spark.sparkContext.getConf()
+    return {
+        "events_requested": events,
+        "event_lines": lines,
+        "incremental_event_lines": extra["events"]["lines"],
+        "customers": customers,
+        "seed": SEED,
+        "generate_seconds": round(generate_seconds, 1),
+        "floor_seconds": round(floor_seconds, 2),
+        "full_seconds": round(full_seconds, 2),
+        "full_to_floor": round(full_seconds / floor_seconds, 2),
+        "incremental_seconds": round(incremental_seconds, 2),
+        "incremental_to_full": round(incremental_seconds / full_seconds, 3),
+        "stages": _stages(full),
+        "incremental_stages": _stages(incremental),
+        "peak_driver_heap_bytes": sampler.peak,
+        "driver_heap_max_bytes": sampler.max,
+        "peak_python_rss_bytes": _python_peak_rss(),
+        "machine": {"cpus": spark.sparkContext.defaultParallelism, "master": spark.sparkContext.master,
+                    "driver_memory": conf.get("spark.driver.memory", "1g"), "python": platform.python_version(),
+                    "spark": spark.version},
+        "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    mib = 1024 * 1024
+    m = result["machine"]
+    lines = [
+        f"### Benchmark: {result['event_lines']:,} event lines ({result['customers']:,} customers, seed "
+        f"{result['seed']})",
+        "",
+        f"Spark {m['spark']}, master `{m['master']}` ({m['cpus']} cores), driver memory {m['driver_memory']}, "
+        f"measured {result['measured_at']}.",
+        "",
+        "| run | stage | rows in | rows out | rejected | seconds | rows/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| floor | read.json + Delta append | {result['event_lines']:,} | {result['event_lines']:,} | | "
+        f"{result['floor_seconds']:.1f} | {result['event_lines'] / result['floor_seconds']:,.0f} |",
+    ]
+    for run, stages in (("full", result["stages"]), ("incremental (+1 %)", result["incremental_stages"])):
+        for s in stages:
+            rate = f"{s['rows_per_second']:,}" if s["rows_per_second"] is not None else ""
+            lines.append(f"| {run} | {s['stage']} | {s['rows_in']:,} | {s['rows_out']:,} | {s['rejected']:,} | "
+                         f"{s['seconds']:.1f} | {rate} |")
+    lines += [
+        "",
+        "| measure | value | target |",
+        "| --- | ---: | --- |",
+        f"| full pipeline | {result['full_seconds']:.1f} s | |",
+        f"| full pipeline / floor | {result['full_to_floor']:.2f}x | within 4x |",
+        f"| incremental run (+{result['incremental_event_lines']:,} lines) | {result['incremental_seconds']:.1f} s | |",
+        f"| incremental / full | {result['incremental_to_full']:.0%} | within 20 % |",
+        f"| peak driver JVM heap used (sampled) | {result['peak_driver_heap_bytes'] / mib:,.0f} MiB of "
+        f"{result['driver_heap_max_bytes'] / mib:,.0f} MiB | no OOM |",
+        f"| peak driver Python RSS | {result['peak_python_rss_bytes'] / mib:,.0f} MiB | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench-{result['events_requested']}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path.write_text(markdown(result))
+    return json_path, md_path

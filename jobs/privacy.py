@@ -1,0 +1,179 @@
+"""``lakehouse privacy erase``: forget customers in every table, every version, and downstream.
+
+1. Linked identifiers are gathered: the anonymous ids stitched to each customer
+   (``silver.identity_map``) and their emails (bronze and silver CRM tables).
+2. ``ops.erasure_log`` gets a ``requested`` row per customer — a salted SHA-256 of the id and of
+   each linked identifier, never the values — so ingest drops their records from then on, even
+   if the erasure is interrupted.
+3. Every table holding them is cleaned with one DELETE each (events by customer id, anonymous id,
+   or the raw text of a corrupt record; CRM rows by id or email; gold, ops sync tables by id).
+4. Deletion-vector rows are purged (``REORG TABLE … APPLY (PURGE)``) and each touched table is
+   VACUUMed with ``privacy.erase_vacuum_retention_hours`` (default 0), so no earlier version —
+   nor its change-data files — can be read back by time travel.
+5. Each configured email platform is asked to delete the profile (Klaviyo's data-privacy
+   deletion job; SFMC rows are scrubbed).
+6. A ``completed`` row records which tables lost how many rows and what each platform answered.
+
+The DELETE commits only carry ``delete`` change rows and the purge rewrites are not data
+changes, so the cleanse job's change-feed reads (inserts only) never bring anything back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.destinations import secret
+from jobs.errors import InputError
+from jobs.runlog import job_run, utc_now
+from jobs.settings import Settings
+from jobs.tables import append_rows, commit_marker, commit_metadata, is_delta_table, read_or_empty, table_path
+
+ERASURE_LOG = "ops.erasure_log"
+EVENT_TABLES = ("bronze.events", "silver.events", "silver.rejected_events")
+CRM_TABLES = ("bronze.crm", "silver.customers", "silver.customers_history", "silver.rejected_customers")
+BY_CUSTOMER = ("silver.identity_map", "gold.customer_features", "gold.segment_membership",
+               "ops.sync_ledger", "ops.sync_failures")
+
+
+@dataclass
+class ErasureResult:
+    erasure_id: str
+    customers: int
+    tables: dict[str, int] = field(default_factory=dict)
+    platforms: dict[str, str] = field(default_factory=dict)
+
+
+def salted(salt: str, value: str) -> str:
+    return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()
+
+
+def salted_column(salt: str, column: Column) -> Column:
+    """The same hash as :func:`salted`, computed by Spark."""
+    return F.sha2(F.concat(F.lit(f"{salt}:"), column), 256)
+
+
+def _salt(settings: Settings) -> str:
+    return secret("privacy.salt_env", settings.privacy.salt_env)
+
+
+def erased_filter(spark: SparkSession, settings: Settings) -> tuple[str, DataFrame] | None:
+    """(salt, one column ``hash``) of every erased identifier, or None when nobody was erased."""
+    log = read_or_empty(spark, settings.lakehouse.root, ERASURE_LOG)
+    if log.isEmpty():
+        return None
+    hashes = log.select(F.explode(F.array_union(F.array("id_hash"), F.coalesce(
+        "linked_hashes", F.array().cast("array<string>")))).alias("hash")).distinct()
+    return _salt(settings), hashes
+
+
+def without_erased(erased: tuple[str, DataFrame] | None, kind: str) -> Callable[[DataFrame], DataFrame]:
+    """A transform dropping landed rows (``kind`` events or crm) of erased identifiers."""
+    columns = [F.col("customer_id"), F.col("anonymous_id")] if kind == "events" else [
+        F.col("customer_id"), F.lower(F.trim(F.col("email")))]
+
+    def transform(frame: DataFrame) -> DataFrame:
+        if erased is None:
+            return frame
+        salt, hashes = erased
+        for column in columns:
+            frame = frame.join(F.broadcast(hashes.withColumnRenamed("hash", "_erased_hash")),
+                               salted_column(salt, column) == F.col("_erased_hash"), "left_anti")
+        return frame
+
+    return transform
+
+
+def _linked(spark: SparkSession, root: str, ids: list[str]) -> tuple[list[str], list[str]]:
+    """Anonymous ids and emails of the customers: a handful of values per customer."""
+    anonymous = [r[0] for r in read_or_empty(spark, root, "silver.identity_map")
+                 .where(F.col("customer_id").isin(ids)).select("anonymous_id").distinct().collect()]
+    emails: set[str] = set()
+    for key in ("bronze.crm", "silver.customers"):
+        emails |= {r[0] for r in read_or_empty(spark, root, key).where(F.col("customer_id").isin(ids))
+                   .where(F.col("email").isNotNull()).select(F.lower(F.trim("email"))).distinct().collect()}
+    return sorted(a for a in anonymous if a), sorted(emails)
+
+
+def _predicate(key: str, ids: list[str], anonymous: list[str], emails: list[str]) -> Column:
+    by_id = F.col("customer_id").isin(ids)
+    if key in EVENT_TABLES:
+        condition = by_id | F.col("anonymous_id").isin(anonymous or [""])
+        if key != "silver.events":  # raw text of records that could not be parsed
+            for value in ids:
+                condition = condition | F.coalesce(F.col("_corrupt_record").contains(value), F.lit(False))
+        return condition
+    if key in CRM_TABLES:
+        return by_id | F.lower(F.trim(F.col("email"))).isin(emails or [""])
+    return by_id
+
+
+def _delete(spark: SparkSession, path: str, condition: Column, marker: str) -> int:
+    table = DeltaTable.forPath(spark, path)
+    with commit_metadata(spark, marker):
+        table.delete(condition)
+    last = table.history(1).first()
+    if last["operation"] != "DELETE":
+        return 0
+    return int((last["operationMetrics"] or {}).get("numDeletedRows", 0) or 0)
+
+
+def _purge(spark: SparkSession, path: str, retention_hours: float) -> None:
+    spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
+    key = "spark.databricks.delta.retentionDurationCheck.enabled"
+    previous = spark.conf.get(key, "true")
+    spark.conf.set(key, "false")
+    try:
+        DeltaTable.forPath(spark, path).vacuum(retention_hours)
+    finally:
+        spark.conf.set(key, previous)
+
+
+def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
+          platforms: tuple[str, ...] = ()) -> ErasureResult:
+    ids = sorted({c.strip() for c in customer_ids if c and c.strip()})
+    if not ids:
+        raise InputError("no customer ids to erase")
+    root = settings.lakehouse.root
+    salt = _salt(settings)
+    result = ErasureResult(uuid.uuid4().hex, len(ids))
+    with job_run(spark, root, "privacy_erase", settings.env) as run:
+        anonymous, emails = _linked(spark, root, ids)
+        linked = [salted(salt, v) for v in (*anonymous, *emails)]
+        hashed = [(salted(salt, c), linked) for c in ids]
+        append_rows(spark, root, ERASURE_LOG, [
+            (result.erasure_id, h, links, "requested", None, None, utc_now()) for h, links in hashed])
+        marker = commit_marker(run_id=run.run_id, erasure_id=result.erasure_id)
+        for key in (*EVENT_TABLES, *CRM_TABLES, *BY_CUSTOMER):
+            path = table_path(root, key)
+            if not is_delta_table(spark, path):
+                continue
+            deleted = _delete(spark, path, _predicate(key, ids, anonymous, emails), marker)
+            if deleted:
+                result.tables[key] = deleted
+                _purge(spark, path, settings.privacy.erase_vacuum_retention_hours)
+        for name in platforms:
+            result.platforms[name] = _erase_at(settings, name, ids)
+        append_rows(spark, root, ERASURE_LOG, [
+            (result.erasure_id, h, links, "completed", result.tables, result.platforms, utc_now())
+            for h, links in hashed])
+        run.rows_in = len(ids)
+        run.rows_out = sum(result.tables.values())
+        run.metrics = {f"rows.{k}": v for k, v in result.tables.items()}
+    return result
+
+
+def _erase_at(settings: Settings, name: str, ids: list[str]) -> str:
+    from jobs.destinations import destination
+
+    target: Any = destination(settings, name)
+    if not hasattr(target, "erase"):
+        return "not supported"
+    return str(target.erase(ids))
