@@ -104,3 +104,13 @@ def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_ro
     assert server.injected and server.violations == []
     ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
     assert {r["customer_id"]: r["count"] for r in ledger.collect()} == {f"C{i}": 1 for i in range(1, 6)}
+
+
+def test_erasure_scrubs_the_customer_from_every_data_extension(fake):
+    server, url = fake()
+    destination = SfmcDestination(_settings(url))
+    destination.send("r", SEGMENT, 1, "k", _rows(["C1", "C2"]))
+
+    assert destination.erase(["C1"]) == "rows scrubbed in 1 data extensions"
+    assert server.rows[DE]["C1"]["in_segment"] is False and server.rows[DE]["C1"]["email"] is None
+    assert server.members(DE) == {"C2"} and server.violations == []
