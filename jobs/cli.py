@@ -456,9 +456,9 @@ def privacy() -> None:
 @click.option("--customer-id", "customer_ids", multiple=True, help="A customer to erase (repeatable).")
 @click.option("--from-file", "from_file", type=click.Path(dir_okay=False),
               help="A file of customer ids, one per line.")
-def privacy_erase_command(customer_ids: tuple[str, ...], from_file: str | None) -> None:
+@pass_runtime
+def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_file: str | None) -> None:
     """Delete customers from every table and version, and from every configured email platform."""
-    runtime = click.get_current_context().find_object(Runtime)
     from jobs.privacy import erase
     from jobs.report import format_table
 

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from jobs.settings import PROJECT_ROOT, Settings, load_settings
 from jobs.spark import get_spark
-from jobs.tables import read_or_empty
+from jobs.tables import read_or_empty, table_path
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,6 @@ def sizes_over_versions(lakehouse: Lakehouse) -> pd.DataFrame:
 
 def segments_over_time(lakehouse: Lakehouse, customer_id: str) -> pd.DataFrame:
     """For every segment run: its membership version, as-of time, and the customer's segments then."""
-    from jobs.tables import table_path
-
     runs = (lakehouse.table("ops.segment_runs").groupBy("delta_version").agg(F.max("as_of").alias("as_of"))
             .orderBy("delta_version").collect())  # one row per segment run
     path = table_path(lakehouse.root, "gold.segment_membership")

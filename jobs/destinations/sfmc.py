@@ -86,19 +86,26 @@ class SfmcDestination:
             self._token = None
         return answer
 
-    def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
-        de_key = urllib.parse.quote(self.settings.data_extensions[segment_id], safe="")
-        answer = self._call("PUT", f"/data/v1/async/dataextensions/key:{de_key}/rows",
-                            {"items": [row_item(row) for row in rows]})
-        ids = [row["customer_id"] for row in rows]
+    def _upsert(self, key: str, items: list[dict[str, Any]]) -> tuple[Response, str | None, dict[str, Any] | None]:
+        """PUT rows into a data extension and poll the request to its end: (answer, request id, status);
+        no id and status when the PUT itself was refused."""
+        answer = self._call("PUT", f"/data/v1/async/dataextensions/key:{urllib.parse.quote(key, safe='')}/rows",
+                            {"items": items})
         if answer.status >= 400:
+            return answer, None, None
+        request_id = json.loads(answer.body)["requestId"]
+        return answer, request_id, self._wait_for(request_id)
+
+    def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
+        answer, request_id, status = self._upsert(self.settings.data_extensions[segment_id],
+                                                  [row_item(row) for row in rows])
+        ids = [row["customer_id"] for row in rows]
+        if status is None:
             error = f"HTTP {answer.status}: {answer.body[:200].decode(errors='replace')}"
             return BatchResult(failed=[(cid, error) for cid in ids], attempts=answer.attempts,
                                http_status=answer.status)
-        request_id = json.loads(answer.body)["requestId"]
-        status = self._wait_for(request_id)
         result = BatchResult(attempts=answer.attempts, http_status=answer.status)
-        if status["requestStatus"] == "Error" or status.get("hasErrors"):
+        if _has_errors(status):
             errors = self._call("GET", f"/data/v1/async/{request_id}/results")
             items = json.loads(errors.body).get("items", []) if errors.status < 400 else []
             first = next((i for i in items if i.get("status") == "Error"), None)
@@ -126,14 +133,16 @@ class SfmcDestination:
         personal field emptied (the async API upserts; it has no row delete)."""
         items = [{"customer_id": c, "in_segment": False, **dict.fromkeys(TEMPLATE_FIELDS)} for c in customer_ids]
         for segment_id, key in sorted(self.settings.data_extensions.items()):
-            answer = self._call("PUT", f"/data/v1/async/dataextensions/key:{urllib.parse.quote(key, safe='')}/rows",
-                                {"items": items})
-            if answer.status >= 400:
+            answer, _, status = self._upsert(key, items)
+            if status is None:
                 raise DeliveryFailed(f"SFMC scrub of {segment_id}: HTTP {answer.status}")
-            status = self._wait_for(json.loads(answer.body)["requestId"])
-            if status["requestStatus"] == "Error" or status.get("hasErrors"):
+            if _has_errors(status):
                 raise DeliveryFailed(f"SFMC scrub of {segment_id} ended with errors")
         return f"rows scrubbed in {len(self.settings.data_extensions)} data extensions"
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Nothing to finish: every request was polled to its end."""
+
+
+def _has_errors(status: dict[str, Any]) -> bool:
+    return status["requestStatus"] == "Error" or bool(status.get("hasErrors"))

@@ -26,6 +26,21 @@ def _cart(i, cid, ts):
             "event_date": ts.date(), "session_id": f"s{i}"}
 
 
+def change_rows(ids, action="add"):
+    """Sync change rows as the sync engine hands them to a destination."""
+    return [{"action": action, "customer_id": c, "attr_hash": "h", "email": f"{c.lower()}@example.com",
+             "first_name": c, "last_viewed_product": "p1", "last_viewed_category": "shoes",
+             "abandoned_products": ["p1"], "rfm_segment": "champions"} for c in ids]
+
+
+def deliveries_per_customer(spark, settings):
+    """customer_id -> acknowledged ledger rows."""
+    from jobs.tables import read_table
+
+    ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
+    return {r["customer_id"]: r["count"] for r in ledger.collect()}
+
+
 @pytest.fixture
 def lakehouse(spark, make_settings, tmp_path):
     settings = make_settings(f"destinations.file.path={tmp_path / 'exports'}")

@@ -20,7 +20,7 @@ from jobs.settings import RetrySettings
 from jobs.sync import sync
 from jobs.tables import read_table
 from tests.fakes.klaviyo import CONTRACTS, FakeKlaviyo
-from tests.jobs.conftest import T0
+from tests.jobs.conftest import T0, change_rows, deliveries_per_customer
 
 KEY = "pk_test_5f2c0a9e77b14d3c8e1f"
 LIST = "Xy12Ab"
@@ -48,10 +48,6 @@ def _settings(url, **update):
                            poll_seconds=0.01, **update)
 
 
-def _rows(ids, action="add"):
-    return [{"action": action, "customer_id": c, "attr_hash": "h", "email": f"{c.lower()}@example.com",
-             "first_name": c, "last_viewed_product": "p1", "last_viewed_category": "shoes",
-             "abandoned_products": ["p1"], "rfm_segment": "champions"} for c in ids]
 
 
 def test_the_limiter_table_is_the_documented_limits_of_each_endpoint():
@@ -82,18 +78,18 @@ def test_the_fake_measures_the_client_within_the_burst_limit_and_catches_a_clien
     server, url = fake()
     destination = KlaviyoDestination(_settings(url))
     ids = [f"C{i}" for i in range(25)]
-    destination.send("r", SEGMENT, 1, "k", _rows(ids))
+    destination.send("r", SEGMENT, 1, "k", change_rows(ids))
     for cid in ids:  # 25 list removals, one profile each: a 10/s endpoint
-        destination.send("r", SEGMENT, 2, "k", _rows([cid], "remove"))
+        destination.send("r", SEGMENT, 2, "k", change_rows([cid], "remove"))
     assert server.members(LIST) == set()
     assert server.violations == []
     assert server.max_in_window("remove_profiles_from_list", 1.0) == 10
 
     unlimited = KlaviyoDestination(_settings(url))
     unlimited.limiter = RateLimiter({op: (Limit(10_000, 1),) for op in RATE_LIMITS})
-    unlimited.send("r", SEGMENT, 1, "k", _rows(ids))
+    unlimited.send("r", SEGMENT, 1, "k", change_rows(ids))
     for cid in ids:
-        unlimited.send("r", SEGMENT, 2, "k", _rows([cid], "remove"))
+        unlimited.send("r", SEGMENT, 2, "k", change_rows([cid], "remove"))
     assert any("remove_profiles_from_list" in v and "limit 10" in v for v in server.violations)
 
 
@@ -101,19 +97,19 @@ def test_large_batches_are_split_by_the_documented_job_and_removal_limits(fake, 
     server, url = fake()
     destination = KlaviyoDestination(_settings(url))
     ids = [f"C{i:05d}" for i in range(10_050)]
-    result = destination.send("r", SEGMENT, 1, "k", _rows(ids))
+    result = destination.send("r", SEGMENT, 1, "k", change_rows(ids))
     jobs = [c for c in server.calls if getattr(c, "operation", "") == "bulk_import_profiles"]
     assert [len(c.json()["data"]["attributes"]["profiles"]["data"]) for c in jobs] == [10_000, 50]
     assert result.failed == [] and len(server.members(LIST)) == 10_050
 
     destination.profile_ids.clear()  # the map is refilled from GET /api/profiles
-    destination.send("r", SEGMENT, 2, "k", _rows(ids[:2_500], "remove"))
+    destination.send("r", SEGMENT, 2, "k", change_rows(ids[:2_500], "remove"))
     removals = [c for c in server.calls if getattr(c, "operation", "") == "remove_profiles_from_list"]
     assert [len(c.json()["data"]) for c in removals] == [1_000, 1_000, 500]
     assert len(server.members(LIST)) == 7_550 and server.violations == []
 
     monkeypatch.setattr(klaviyo, "MAX_IMPORT_BYTES", 4_000)  # big profiles: split by size instead
-    parts = list(import_jobs([profile(r) for r in _rows(ids[:40])], LIST))
+    parts = list(import_jobs([profile(r) for r in change_rows(ids[:40])], LIST))
     assert len(parts) > 1 and all(len(body) <= 4_000 for _, body in parts)
     assert sum(len(part) for part, _ in parts) == 40
 
@@ -199,14 +195,13 @@ def test_a_sync_killed_mid_batch_completes_exactly_on_rerun(spark, lakehouse, fa
     result = sync(spark, settings, "klaviyo", (SEGMENT,))
     assert result.segments[0].adds == 3  # C3 and C4 again (never acknowledged), C5 for the first time
     assert server.members(LIST) == {"C1", "C2", "C3", "C4", "C5"} and server.violations == []
-    adds = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
-    assert {r["customer_id"]: r["count"] for r in adds.collect()} == {f"C{i}": 1 for i in range(1, 6)}
+    assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}
 
 
 def test_erasure_asks_klaviyo_to_delete_known_profiles(fake):
     server, url = fake()
     destination = KlaviyoDestination(_settings(url))
-    destination.send("r", SEGMENT, 1, "k", _rows(["C1", "C2"]))
+    destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2"]))
     destination.profile_ids.clear()  # a later process: the map is filled again from GET /api/profiles
 
     assert destination.erase(["C1", "C9"]) == "1 deletion jobs requested, 1 not known to Klaviyo"

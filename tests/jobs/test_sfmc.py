@@ -8,8 +8,8 @@ from jobs.destinations.sfmc import SfmcDestination
 from jobs.settings import RetrySettings
 from jobs.settings import SfmcDestination as SfmcSettings
 from jobs.sync import sync
-from jobs.tables import read_table
 from tests.fakes.sfmc import FakeSfmc
+from tests.jobs.conftest import change_rows, deliveries_per_customer
 
 CLIENT_ID, CLIENT_SECRET = "k2x9client0id4test", "Zq8-secret-value-for-tests"
 DE = "DE_abandoned_cart"
@@ -38,27 +38,23 @@ def _settings(url):
                         retry=RetrySettings(timeout_seconds=1, max_attempts=8, backoff_seconds=0.01))
 
 
-def _rows(ids, action="add"):
-    return [{"action": action, "customer_id": c, "attr_hash": "h", "email": f"{c.lower()}@example.com",
-             "first_name": c, "last_viewed_product": "p1", "last_viewed_category": "shoes",
-             "abandoned_products": ["p1"], "rfm_segment": "champions"} for c in ids]
 
 
 def test_the_token_is_cached_refreshed_on_401_and_fetched_again_when_it_expires(fake):
     server, url = fake()
     destination = SfmcDestination(_settings(url))
     for i in range(3):
-        assert destination.send("r", SEGMENT, i, "k", _rows([f"C{i}"])).failed == []
+        assert destination.send("r", SEGMENT, i, "k", change_rows([f"C{i}"])).failed == []
     assert server.token_calls == 1
 
     server.revoke_tokens()  # e.g. the installed package was rotated
-    destination.send("r", SEGMENT, 4, "k", _rows(["C4"], "remove"))
+    destination.send("r", SEGMENT, 4, "k", change_rows(["C4"], "remove"))
     assert server.token_calls == 2
 
     short, short_url = fake(expires_in=60)  # expires within the minute of margin: fetched for every call
     expiring = SfmcDestination(_settings(short_url))
-    expiring.send("r", SEGMENT, 1, "k", _rows(["C1"]))
-    expiring.send("r", SEGMENT, 2, "k", _rows(["C2"]))
+    expiring.send("r", SEGMENT, 1, "k", change_rows(["C1"]))
+    expiring.send("r", SEGMENT, 2, "k", change_rows(["C2"]))
     assert short.token_calls >= 2
     assert server.members(DE) == {"C0", "C1", "C2"} and server.violations == [] == short.violations
     assert server.rows[DE]["C4"] == {"customer_id": "C4", "in_segment": False}
@@ -67,13 +63,13 @@ def test_the_token_is_cached_refreshed_on_401_and_fetched_again_when_it_expires(
 def test_row_errors_fail_the_rows_of_their_request_and_bad_credentials_stop_the_sync(fake, monkeypatch):
     server, url = fake(reject={"C2"})
     destination = SfmcDestination(_settings(url))
-    result = destination.send("r", SEGMENT, 1, "k", _rows(["C1", "C2"]))
+    result = destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2"]))
     assert sorted(result.failed) == [("C1", "InvalidValue: Email address is not valid."),
                                      ("C2", "InvalidValue: Email address is not valid.")]
 
     monkeypatch.setenv("TEST_SFMC_SECRET", "wrong")
     with pytest.raises(DeliveryFailed, match="token request refused with HTTP 401") as refused:
-        SfmcDestination(_settings(url)).send("r", SEGMENT, 2, "k", _rows(["C3"]))
+        SfmcDestination(_settings(url)).send("r", SEGMENT, 2, "k", change_rows(["C3"]))
     assert "wrong" not in str(refused.value) and CLIENT_ID not in str(refused.value)
 
 
@@ -102,14 +98,13 @@ def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_ro
     assert result.segments[0].adds == 1
     assert server.members(DE) == {"C1", "C2", "C3", "C4", "C5"}
     assert server.injected and server.violations == []
-    ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
-    assert {r["customer_id"]: r["count"] for r in ledger.collect()} == {f"C{i}": 1 for i in range(1, 6)}
+    assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}
 
 
 def test_erasure_scrubs_the_customer_from_every_data_extension(fake):
     server, url = fake()
     destination = SfmcDestination(_settings(url))
-    destination.send("r", SEGMENT, 1, "k", _rows(["C1", "C2"]))
+    destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2"]))
 
     assert destination.erase(["C1"]) == "rows scrubbed in 1 data extensions"
     assert server.rows[DE]["C1"]["in_segment"] is False and server.rows[DE]["C1"]["email"] is None
