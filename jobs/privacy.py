@@ -11,7 +11,7 @@
    VACUUMed with ``privacy.erase_vacuum_retention_hours`` (default 0), so no earlier version —
    nor its change-data files — can be read back by time travel.
 5. Each configured email platform is asked to delete the profile (Klaviyo's data-privacy
-   deletion job; SFMC rows are scrubbed).
+   deletion job; SFMC rows are deleted with the SOAP API).
 6. A ``completed`` row records which tables lost how many rows and what each platform answered.
 
 The DELETE commits only carry ``delete`` change rows and the purge rewrites are not data

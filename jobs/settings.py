@@ -154,6 +154,8 @@ class KlaviyoDestination(Frozen):
 class SfmcDestination(Frozen):
     auth_url: str = Field(description="https://{subdomain}.auth.marketingcloudapis.com")
     rest_url: str = Field(description="https://{subdomain}.rest.marketingcloudapis.com")
+    soap_url: str | None = Field(default=None, description="https://{subdomain}.soap.marketingcloudapis.com "
+                                 "(default: the token answer's soap_instance_url); erasure deletes rows there.")
     client_id_env: str = Field(default="SFMC_CLIENT_ID", description="Environment variable holding the client id.")
     client_secret_env: str = Field(default="SFMC_CLIENT_SECRET",
                                    description="Environment variable holding the client secret.")

@@ -45,8 +45,10 @@ def request(
     method: str, url: str, body: bytes | None, headers: dict[str, str], retry: RetrySettings,
     sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
     throttle: Callable[[], AbstractContextManager[object]] | None = None,
+    final: Callable[[int, bytes], bool] | None = None,
 ) -> Response:
-    """One HTTP call, retried by the shared rules; 2xx and final 4xx answers are returned."""
+    """One HTTP call, retried by the shared rules; 2xx and final 4xx answers are returned, and so are
+    5xx answers that ``final`` recognises as the server refusing the request (a SOAP client fault)."""
     rng = rng or random.Random()
     for attempt in range(1, retry.max_attempts + 1):
         backoff = retry.backoff_seconds * (2 ** (attempt - 1)) * (0.5 + rng.random())
@@ -61,6 +63,9 @@ def request(
                 reason = "429 Too Many Requests"
                 backoff = backoff if wait is None else wait
             elif error.code >= 500:
+                answer_body = error.read()
+                if final and final(error.code, answer_body):
+                    return Response(error.code, answer_body, attempt)
                 reason = f"HTTP {error.code}"
             else:
                 return Response(error.code, error.read(), attempt)

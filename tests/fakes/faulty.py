@@ -99,12 +99,13 @@ class FaultyServer:
             time.sleep(self.slow_seconds)
         if fault == "drop-after":
             return self._drop(handler)
-        body = b"" if answer.payload is None else json.dumps(answer.payload).encode()
+        body = (b"" if answer.payload is None else answer.payload if isinstance(answer.payload, bytes)
+                else json.dumps(answer.payload).encode())
         try:
             handler.send_response(answer.status)
             for name, value in answer.headers.items():
                 handler.send_header(name, value)
-            if body:
+            if body and "Content-Type" not in answer.headers:
                 handler.send_header("Content-Type", self.content_type)
             handler.send_header("Content-Length", str(len(body)))
             handler.end_headers()

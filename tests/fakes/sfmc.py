@@ -6,6 +6,12 @@ client id and secret) and expire; REST calls with a missing, expired or revoked 
 row keyed by ``customer_id`` and using only the data extension's columns), applies the upsert and
 answers a request id whose status is ``Pending`` for the first poll, then ``Complete``; rows of
 customers in ``reject`` fail, and the request's results say so.
+
+``POST /Service.asmx`` is the SOAP API's ``Delete`` for data extension rows: the envelope is
+parsed and checked (SOAP 1.1, ``SOAPAction: Delete``, the token in a ``fueloauth`` header, a
+``DeleteRequest`` of ``DataExtensionObject`` items naming a data extension and its
+``customer_id`` key); a bad token gets the ``Client`` fault Marketing Cloud sends (HTTP 500), and
+each row gets a ``Results`` entry: ``OK`` when it was deleted, an error when it was not there.
 """
 
 from __future__ import annotations
@@ -13,10 +19,15 @@ from __future__ import annotations
 import itertools
 import re
 import time
+import xml.etree.ElementTree as ET
 from typing import Any
+from xml.sax.saxutils import escape
 
 from tests.fakes.faulty import Answer, Call, FaultyServer
 
+SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+PARTNER = "http://exacttarget.com/wsdl/partnerAPI"
+XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 COLUMNS = {"customer_id", "in_segment", "email", "first_name", "last_viewed_product", "last_viewed_category",
            "abandoned_products", "rfm_segment"}
 
@@ -41,8 +52,8 @@ class FakeSfmc(FaultyServer):
             self.tokens.clear()
 
     def admit(self, call: Call) -> Answer | None:
-        if call.path == "/v2/token":
-            return None
+        if call.path in ("/v2/token", "/Service.asmx"):
+            return None  # SOAP carries its token in the envelope
         token = call.headers.get("authorization", "").removeprefix("Bearer ")
         with self.lock:
             if self.tokens.get(token, 0) < time.monotonic():
@@ -52,6 +63,8 @@ class FakeSfmc(FaultyServer):
     def dispatch(self, call: Call) -> Answer:
         if call.method == "POST" and call.path == "/v2/token":
             return self._token(call)
+        if call.method == "POST" and call.path == "/Service.asmx":
+            return self._soap(call)
         match = re.fullmatch(r"/data/v1/async/dataextensions/key:([^/]+)/rows", call.path)
         if call.method == "PUT" and match:
             return self._upsert(call, match.group(1))
@@ -72,7 +85,8 @@ class FakeSfmc(FaultyServer):
         token = f"tok-{next(self._ids)}"
         self.tokens[token] = time.monotonic() + self.expires_in
         return Answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in,
-                            "scope": "data_extensions_write", "rest_instance_url": "https://example.invalid/"})
+                            "scope": "data_extensions_write", "rest_instance_url": "https://example.invalid/",
+                            "soap_instance_url": f"http://{call.headers['host']}/"})
 
     def _upsert(self, call: Call, key: str) -> Answer:
         if key not in self.rows:
@@ -107,3 +121,58 @@ class FakeSfmc(FaultyServer):
         return Answer(200, {"page": 1, "pageSize": 50, "count": len(failed), "items": [
             {"errorCode": "InvalidValue", "message": "Email address is not valid.", "status": "Error"}
             for _ in failed]})
+
+    # -- SOAP --------------------------------------------------------------------------------
+    def _soap(self, call: Call) -> Answer:
+        if not call.headers.get("content-type", "").startswith("text/xml") or \
+                call.headers.get("soapaction", "").strip('"') != "Delete":
+            self.violation(f"SOAP call with {call.headers.get('content-type')} / {call.headers.get('soapaction')}")
+            return _fault("Client", "Unsupported request")
+        try:
+            envelope = ET.fromstring(call.body)
+        except ET.ParseError as error:
+            self.violation(f"SOAP body is not XML: {error}")
+            return _fault("Client", "Bad envelope")
+        token = (envelope.findtext(f"{{{SOAP}}}Header/{{http://exacttarget.com}}fueloauth") or "").strip()
+        expiry = self.tokens.get(token)
+        if expiry is None or expiry < time.monotonic():
+            return _fault("Client", "Token Expired" if expiry else "Login Failed")
+        delete = envelope.find(f"{{{SOAP}}}Body/{{{PARTNER}}}DeleteRequest")
+        objects = delete.findall(f"{{{PARTNER}}}Objects") if delete is not None else []
+        if not objects:
+            self.violation("SOAP Delete without a DeleteRequest of Objects")
+            return _fault("Client", "Bad envelope")
+        results = []
+        for ordinal, item in enumerate(objects):
+            key = item.findtext(f"{{{PARTNER}}}CustomerKey")
+            names = item.findall(f"{{{PARTNER}}}Keys/{{{PARTNER}}}Key")
+            pairs = {k.findtext(f"{{{PARTNER}}}Name"): k.findtext(f"{{{PARTNER}}}Value") for k in names}
+            if item.get(XSI_TYPE, "").split(":")[-1] != "DataExtensionObject" or key not in self.rows or \
+                    set(pairs) != {"customer_id"}:
+                self.violation(f"SOAP Delete object {item.get(XSI_TYPE)} {key} keys {sorted(pairs, key=str)}")
+                results.append((ordinal, "Error", "Invalid object", "10001"))
+            elif pairs["customer_id"] in self.reject:
+                results.append((ordinal, "Error", f"Row {escape(pairs['customer_id'])} is locked by an import",
+                                "310011"))
+            elif self.rows[key].pop(pairs["customer_id"], None) is None:
+                results.append((ordinal, "Error", "Error: The row was not found", "310007"))
+            else:
+                results.append((ordinal, "OK", "Deleted DataExtensionObject", ""))
+        overall = "OK" if all(r[1] == "OK" for r in results) else "Has Errors"
+        rows = "".join(
+            f"<Results><StatusCode>{status}</StatusCode><StatusMessage>{escape(message)}</StatusMessage>"
+            f"<OrdinalID>{ordinal}</OrdinalID>" + (f"<ErrorCode>{code}</ErrorCode>" if code else "") + "</Results>"
+            for ordinal, status, message, code in results)
+        return _soap_answer(200, f'<DeleteResponse xmlns="{PARTNER}">{rows}<RequestID>req-{next(self._ids)}'
+                                 f"</RequestID><OverallStatus>{overall}</OverallStatus></DeleteResponse>")
+
+
+def _soap_answer(status: int, body: str) -> Answer:
+    envelope = f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP}"><soap:Body>{body}' \
+               "</soap:Body></soap:Envelope>"
+    return Answer(status, envelope.encode(), {"Content-Type": "text/xml; charset=utf-8"})
+
+
+def _fault(code: str, message: str) -> Answer:
+    return _soap_answer(500, f"<soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{message}</faultstring>"
+                             "</soap:Fault>")

@@ -101,11 +101,27 @@ def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_ro
     assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}
 
 
-def test_erasure_scrubs_the_customer_from_every_data_extension(fake):
-    server, url = fake()
+def test_erasure_deletes_the_rows_through_the_soap_api_with_a_fresh_token_when_needed(fake):
+    server, url = fake(fault_rate=0.2, faults=("500", "drop", "429"), seed=3)
     destination = SfmcDestination(_settings(url))
-    destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2"]))
+    destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2", "C3"]))
+    server.revoke_tokens()  # the next SOAP call gets the "Login Failed" fault, fetches a token, goes again
+    tokens = server.token_calls
 
-    assert destination.erase(["C1"]) == "rows scrubbed in 1 data extensions"
-    assert server.rows[DE]["C1"]["in_segment"] is False and server.rows[DE]["C1"]["email"] is None
-    assert server.members(DE) == {"C2"} and server.violations == []
+    assert destination.erase(["C1", "C3", "C9"]) == "2 rows deleted from 1 data extensions, 1 not there"
+    assert set(server.rows[DE]) == {"C2"} and server.token_calls == tokens + 1
+    assert destination.erase(["C1"]) == "0 rows deleted from 1 data extensions, 1 not there"  # a rerun is safe
+    soap = [c for c in server.calls if c.path == "/Service.asmx"]
+    assert soap and server.injected and server.violations == []
+
+
+def test_a_row_that_cannot_be_deleted_stops_the_erasure_without_naming_the_customer(fake):
+    server, url = fake(reject={"C7"})
+    destination = SfmcDestination(_settings(url))
+    with pytest.raises(DeliveryFailed, match="1 of 2 rows failed, first: 310011") as failed:
+        destination.erase(["C7", "C8"])
+    assert "C7" not in str(failed.value) and "<customer_id>" in str(failed.value)
+
+    no_soap = SfmcDestination(_settings(url).model_copy(update={"soap_url": url + "/missing"}))
+    with pytest.raises(DeliveryFailed, match="SFMC row delete in data extension DE_abandoned_cart: HTTP 401"):
+        no_soap.erase(["C8"])
