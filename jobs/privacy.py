@@ -5,8 +5,10 @@
 2. ``ops.erasure_log`` gets a ``requested`` row per customer — a salted SHA-256 of the id and of
    each linked identifier, never the values — so ingest drops their records from then on, even
    if the erasure is interrupted.
-3. Every table holding them is cleaned with one DELETE each (events by customer id, anonymous id,
-   or the raw text of a corrupt record; CRM rows by id or email; gold, ops sync tables by id).
+3. Every table holding them loses their rows (events by customer id, anonymous id, or the raw
+   text of a corrupt record; CRM rows by id or email; gold, ops sync tables by id), with MERGE …
+   WHEN MATCHED THEN DELETE against the values, so no identifier lands in a commit's logged
+   predicate the way a ``DELETE … WHERE id IN (…)`` would put it there.
 4. Deletion-vector rows are purged (``REORG TABLE … APPLY (PURGE)``) and each touched table is
    VACUUMed with ``privacy.erase_vacuum_retention_hours`` (default 0), so no earlier version —
    nor its change-data files — can be read back by time travel.
@@ -14,8 +16,8 @@
    deletion job; SFMC rows are deleted with the SOAP API).
 6. A ``completed`` row records which tables lost how many rows and what each platform answered.
 
-The DELETE commits only carry ``delete`` change rows and the purge rewrites are not data
-changes, so the cleanse job's change-feed reads (inserts only) never bring anything back.
+The erasure's MERGE commits only carry ``delete`` change rows and the purge rewrites are not data
+changes; the cleanse job reads only appending bronze commits, so nothing comes back.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.destinations import secret
 from jobs.errors import InputError
 from jobs.runlog import job_run, utc_now
+from jobs.secrets import SecretSource
 from jobs.settings import Settings
 from jobs.tables import append_rows, commit_marker, commit_metadata, is_delta_table, read_or_empty, table_path
 
@@ -61,7 +63,7 @@ def salted_column(salt: str, column: Column) -> Column:
 
 
 def _salt(settings: Settings) -> str:
-    return secret("privacy.salt_env", settings.privacy.salt_env)
+    return SecretSource(settings.secrets).get("privacy.salt_env", settings.privacy.salt_env)
 
 
 def erased_filter(spark: SparkSession, settings: Settings) -> tuple[str, DataFrame] | None:
@@ -102,27 +104,45 @@ def _linked(spark: SparkSession, root: str, ids: list[str]) -> tuple[list[str], 
     return sorted(a for a in anonymous if a), sorted(emails)
 
 
-def _predicate(key: str, ids: list[str], anonymous: list[str], emails: list[str]) -> Column:
-    by_id = F.col("customer_id").isin(ids)
+def _matches(key: str, ids: list[str], anonymous: list[str],
+             emails: list[str]) -> list[tuple[Callable[[Column], Column], list[str]]]:
+    """(condition on target ``t`` and source value, values) pairs: a row matching any is theirs."""
+    def equal(column: str) -> Callable[[Column], Column]:
+        return lambda value: F.col(f"t.{column}") == value
+
+    by_id = [(equal("customer_id"), ids)]
     if key in EVENT_TABLES:
-        condition = by_id | F.col("anonymous_id").isin(anonymous or [""])
+        matches = [*by_id, (equal("anonymous_id"), anonymous)]
         if key != "silver.events":  # raw text of records that could not be parsed
-            for value in ids:
-                condition = condition | F.coalesce(F.col("_corrupt_record").contains(value), F.lit(False))
-        return condition
+            matches.append((lambda value: F.col("t._corrupt_record").isNotNull()
+                            & F.col("t._corrupt_record").contains(value), ids))
+        return matches
     if key in CRM_TABLES:
-        return by_id | F.lower(F.trim(F.col("email"))).isin(emails or [""])
+        return [*by_id, (lambda value: F.lower(F.trim(F.col("t.email"))) == value, emails)]
     return by_id
 
 
-def _delete(spark: SparkSession, path: str, condition: Column, marker: str) -> int:
+def _delete(spark: SparkSession, path: str, matches: list[tuple[Callable[[Column], Column], list[str]]],
+            marker: str) -> int:
+    """Delete the matching rows: one MERGE per identifier column against a small DataFrame of values.
+
+    Not ``DELETE … WHERE customer_id IN (…)``: Delta keeps a DELETE's predicate, literals and all,
+    in the commit's ``operationParameters``, which would write the erased ids into the table log.
+    A MERGE's logged condition names only columns (``t.customer_id = s.value``)."""
     table = DeltaTable.forPath(spark, path)
-    with commit_metadata(spark, marker):
-        table.delete(condition)
-    last = table.history(1).first()
-    if last["operation"] != "DELETE":
-        return 0
-    return int((last["operationMetrics"] or {}).get("numDeletedRows", 0) or 0)
+    deleted = 0
+    for condition, values in matches:
+        if not values:
+            continue
+        source = spark.createDataFrame([(v,) for v in values], "value string")
+        before = table.history(1).first()["version"]
+        with commit_metadata(spark, marker):
+            (table.alias("t").merge(F.broadcast(source).alias("s"), condition(F.col("s.value")))
+             .whenMatchedDelete().execute())
+        last = table.history(1).first()
+        if last["version"] != before:
+            deleted += int((last["operationMetrics"] or {}).get("numTargetRowsDeleted", 0) or 0)
+    return deleted
 
 
 def _purge(spark: SparkSession, path: str, retention_hours: float) -> None:
@@ -155,7 +175,7 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
             path = table_path(root, key)
             if not is_delta_table(spark, path):
                 continue
-            deleted = _delete(spark, path, _predicate(key, ids, anonymous, emails), marker)
+            deleted = _delete(spark, path, _matches(key, ids, anonymous, emails), marker)
             if deleted:
                 result.tables[key] = deleted
                 _purge(spark, path, settings.privacy.erase_vacuum_retention_hours)

@@ -185,6 +185,14 @@ class DestinationsSettings(Frozen):
     s3: S3Destination | None = None
 
 
+class SecretsSettings(Frozen):
+    aws_secret_id: str | None = Field(
+        default=None, description="AWS Secrets Manager secret (a JSON object: variable name -> value) consulted "
+                                  "before the environment for every credential the settings name.")
+    region: str | None = Field(default=None, description="Its AWS region (default: boto3's).")
+    endpoint_url: str | None = Field(default=None, description="Another Secrets Manager endpoint.")
+
+
 class PrivacySettings(Frozen):
     salt_env: str = Field(default="LAKEHOUSE_ERASURE_SALT",
                           description="Environment variable holding the salt of erased-id hashes.")
@@ -284,6 +292,7 @@ class Settings(Frozen):
     gold: GoldSettings = Field(default_factory=GoldSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     destinations: DestinationsSettings = Field(default_factory=DestinationsSettings)
     rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")

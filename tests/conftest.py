@@ -4,6 +4,7 @@ own lakehouse and landing zone under ``tmp_path``."""
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,3 +64,22 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+@pytest.fixture
+def moto_endpoint(monkeypatch: pytest.MonkeyPatch):
+    """moto's standalone server (S3, Secrets Manager, …) over HTTP on loopback, with test credentials."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    # moto keeps its state per process, not per server: start every test from nothing
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
+    try:
+        yield endpoint
+    finally:
+        server.stop()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jobs.errors import ConfigError
+from jobs.secrets import SecretSource
 from jobs.settings import Settings
 
 
@@ -18,14 +18,6 @@ class BatchResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     attempts: int = 1
     http_status: int | None = None
-
-
-def secret(setting: str, env_name: str) -> str:
-    """The value of a credential's environment variable; the error names the variable, never a value."""
-    value = os.environ.get(env_name)
-    if not value:
-        raise ConfigError(f"{setting}: environment variable {env_name} is not set")
-    return value
 
 
 def segment_target(setting: str, targets: dict[str, str], segment_ids: list[str]) -> None:
@@ -50,12 +42,13 @@ class Destination(Protocol):
 
 
 # name -> (module, class, the keys its settings need): imported only when used.
+# name -> (module, class, keys named in the "not configured" error, takes credentials)
 _CONFIGURED = {
-    "klaviyo": ("jobs.destinations.klaviyo", "KlaviyoDestination", "api_key_env, lists"),
+    "klaviyo": ("jobs.destinations.klaviyo", "KlaviyoDestination", "api_key_env, lists", True),
     "sfmc": ("jobs.destinations.sfmc", "SfmcDestination",
-             "auth_url, rest_url, client_id_env, client_secret_env, data_extensions"),
-    "webhook": ("jobs.destinations.webhook", "WebhookDestination", "url, secret_env"),
-    "s3": ("jobs.destinations.s3", "S3Destination", "bucket, prefix, endpoint_url"),
+             "auth_url, rest_url, client_id_env, client_secret_env, data_extensions", True),
+    "webhook": ("jobs.destinations.webhook", "WebhookDestination", "url, secret_env", True),
+    "s3": ("jobs.destinations.s3", "S3Destination", "bucket, prefix, endpoint_url", False),
 }
 
 
@@ -67,8 +60,11 @@ def destination(settings: Settings, name: str) -> Destination:
     if name not in _CONFIGURED:
         known = ", ".join(type(settings.destinations).model_fields)
         raise ConfigError(f"unknown destination {name!r} (configured: {known})")
-    module, cls, keys = _CONFIGURED[name]
+    module, cls, keys, credentials = _CONFIGURED[name]
     configured = getattr(settings.destinations, name)
     if configured is None:
         raise ConfigError(f"destination {name!r} is not configured (destinations.{name}: {{{keys}}})")
-    return getattr(importlib.import_module(module), cls)(configured)  # type: ignore[no-any-return]
+    make = getattr(importlib.import_module(module), cls)
+    if credentials:
+        return make(configured, secrets=SecretSource(settings.secrets))  # type: ignore[no-any-return]
+    return make(configured)  # type: ignore[no-any-return]

@@ -26,9 +26,10 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jobs.destinations import BatchResult, secret, segment_target
+from jobs.destinations import BatchResult, segment_target
 from jobs.destinations.http import DeliveryFailed, Response, request
 from jobs.destinations.limits import Limit, RateLimiter
+from jobs.secrets import ENVIRONMENT, SecretSource
 from jobs.settings import KlaviyoDestination as KlaviyoSettings
 
 MAX_IMPORT_PROFILES = 10_000
@@ -88,9 +89,10 @@ def import_jobs(profiles: list[dict[str, Any]], list_id: str) -> Iterator[tuple[
 class KlaviyoDestination:
     name = "klaviyo"
 
-    def __init__(self, settings: KlaviyoSettings, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: KlaviyoSettings, sleep: Callable[[float], None] = time.sleep,
+                 secrets: SecretSource = ENVIRONMENT):
         self.settings = settings
-        self._key = secret("destinations.klaviyo.api_key_env", settings.api_key_env)
+        self._key = secrets.get("destinations.klaviyo.api_key_env", settings.api_key_env)
         self.base = settings.base_url.rstrip("/")
         self.sleep = sleep
         self.limiter = RateLimiter({op: tuple(Limit.parse(x) for x in limits) for op, limits in RATE_LIMITS.items()})

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
 
-from jobs.destinations import BatchResult, secret, segment_target
+from jobs.destinations import BatchResult, segment_target
 from jobs.destinations.http import DeliveryFailed, Response, request
+from jobs.secrets import ENVIRONMENT, SecretSource
 from jobs.settings import SfmcDestination as SfmcSettings
 from transforms.sync import TEMPLATE_FIELDS
 
@@ -58,10 +59,10 @@ class SfmcDestination:
     name = "sfmc"
 
     def __init__(self, settings: SfmcSettings, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, secrets: SecretSource = ENVIRONMENT):
         self.settings = settings
-        self._client_id = secret("destinations.sfmc.client_id_env", settings.client_id_env)
-        self._client_secret = secret("destinations.sfmc.client_secret_env", settings.client_secret_env)
+        self._client_id = secrets.get("destinations.sfmc.client_id_env", settings.client_id_env)
+        self._client_secret = secrets.get("destinations.sfmc.client_secret_env", settings.client_secret_env)
         self.sleep, self.clock = sleep, clock
         self._token: str | None = None
         self._token_until = 0.0

@@ -12,8 +12,9 @@ import hmac
 import json
 from typing import Any
 
-from jobs.destinations import BatchResult, secret
+from jobs.destinations import BatchResult
 from jobs.destinations.http import post
+from jobs.secrets import ENVIRONMENT, SecretSource
 from jobs.settings import WebhookDestination as WebhookSettings
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
@@ -26,9 +27,9 @@ def sign(secret: bytes, body: bytes) -> str:
 class WebhookDestination:
     name = "webhook"
 
-    def __init__(self, settings: WebhookSettings):
+    def __init__(self, settings: WebhookSettings, secrets: SecretSource = ENVIRONMENT):
         self.settings = settings
-        self._secret = secret("destinations.webhook.secret_env", settings.secret_env).encode()
+        self._secret = secrets.get("destinations.webhook.secret_env", settings.secret_env).encode()
 
     def _post(self, key: str, payload: dict[str, Any]) -> Any:
         body = json.dumps(payload, sort_keys=True, default=str).encode()

@@ -1,6 +1,6 @@
 """Right to be forgotten on a demo lakehouse: after `lakehouse privacy erase`, no version of any
-table that time travel can read holds the customer, the log holds only salted hashes, and the
-next run does not bring them back from the landing zone."""
+table that time travel can read holds the customer, no commit's logged predicate names them, the
+erasure log holds only salted hashes, and the next run does not bring them back from the landing zone."""
 
 from __future__ import annotations
 
@@ -88,6 +88,11 @@ def test_an_erased_customer_is_in_no_readable_version_and_does_not_come_back(spa
         if files:  # every data and change-data file left on disk, whatever version it belongs to
             on_disk = spark.read.option("mergeSchema", "true").parquet(*files)
             assert _holds(on_disk, customer, anonymous, email) == 0, f"{key}: a file on disk still holds them"
+
+    for commit in (tmp_path / "lakehouse").rglob("_delta_log/*.json"):  # what each commit says it did
+        infos = [json.dumps(a["commitInfo"]) for a in map(json.loads, commit.read_text().splitlines())
+                 if "commitInfo" in a]
+        assert not [i for i in infos if customer in i or email in i or any(a in i for a in anonymous)], commit
 
     log = read_table(spark, root, "ops.erasure_log").orderBy("recorded_at").collect()
     assert [r["status"] for r in log] == ["requested", "completed"]

@@ -3,30 +3,15 @@
 import json
 
 import boto3
-import pytest
-from moto.server import ThreadedMotoServer
 
 from jobs.settings import DestinationsSettings, S3Destination
 from jobs.sync import sync
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server._server.server_port}"
-    finally:
-        server.stop()
-
-
-def test_s3_gets_the_same_objects_as_the_file_destination_manifest_included(spark, lakehouse, s3_endpoint, tmp_path):
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+def test_s3_gets_the_same_objects_as_the_file_destination_manifest_included(spark, lakehouse, moto_endpoint, tmp_path):
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket="exports")
-    s3 = S3Destination(bucket="exports", prefix="email/segments", endpoint_url=s3_endpoint, region="us-east-1")
+    s3 = S3Destination(bucket="exports", prefix="email/segments", endpoint_url=moto_endpoint, region="us-east-1")
     settings = lakehouse.model_copy(update={"destinations": DestinationsSettings(
         file=lakehouse.destinations.file, s3=s3)})
 
