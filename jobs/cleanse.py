@@ -194,6 +194,22 @@ def _as_of(spark: SparkSession, root: str, key: str, version: int | None) -> Dat
     return spark.read.format("delta").option("versionAsOf", version).load(table_path(root, key))
 
 
+def _known_events(spark: SparkSession, root: str, batch: Batch) -> DataFrame | None:
+    """(event_id, _content_hash) of every event earlier batches judged: silver as of before this
+    batch, and rejected rows of other batches; an id in both keeps silver's hash."""
+    silver = _as_of(spark, root, "silver.events", batch.target_version)
+    rejected_path = table_path(root, "silver.rejected_events")
+    judged = [] if silver is None else [silver.select("event_id", "_content_hash", F.lit(0).alias("_rank"))]
+    if is_delta_table(spark, rejected_path):
+        rejected = ensure_table(spark, root, "silver.rejected_events").toDF()
+        judged.append(rejected.where(F.col("event_id").isNotNull() & (F.col("_batch_id") != batch.batch_id))
+                      .select("event_id", "_content_hash", F.lit(1).alias("_rank")))
+    if not judged:
+        return None
+    union = judged[0] if len(judged) == 1 else judged[0].unionByName(judged[1])
+    return union.groupBy("event_id").agg(F.min_by("_content_hash", "_rank").alias("_content_hash"))
+
+
 # -- writes, each once per batch ----------------------------------------------------------------
 def _marker(batch: Batch, run_id: str) -> dict[str, object]:
     return {"pipeline": batch.pipeline, "batch_id": batch.batch_id, "run_id": run_id}
@@ -343,13 +359,13 @@ def cleanse_events(spark: SparkSession, settings: Settings) -> CleanseResult:
         if batch is None:
             return result
         result.batch_id, result.resumed = batch.batch_id, batch.resumed
-        existing = _as_of(spark, root, pipeline, batch.target_version)
+        existing = _known_events(spark, root, batch)
         classified = _bronze_changes(spark, root, batch).transform(classify_events(
             event_types.synonyms, batch.processed_at, settings.cleanse.max_clock_skew_minutes,
             bots.user_agent_regex, settings.cleanse.bot_max_events_per_minute,
             settings.cleanse.double_load_window_seconds,
             [(e.name, e.expect, e.action) for e in expectations],
-            None if existing is None else existing.select("event_id", "_content_hash"),
+            existing,
         )).withColumn("_batch_id", F.lit(batch.batch_id).cast("long")).persist()
         try:
             tally = _tally(classified)
@@ -374,7 +390,7 @@ def cleanse_events(spark: SparkSession, settings: Settings) -> CleanseResult:
             rejected = classified.where(F.col("_outcome") == "rejected").select(
                 "event_id", F.col("_reasons").alias("reasons"),
                 *[F.col(f"_raw.{f}").alias(f) for f in RAW_EVENT_FIELDS if f != "event_id"],
-                "_bronze_version", "_batch_id",
+                "_bronze_version", "_batch_id", "_content_hash",
             )
             _append_once(spark, root, "silver.rejected_events", batch, run.run_id, rejected)
             _append_once(spark, root, DQ_RESULTS, batch, run.run_id,

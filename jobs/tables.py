@@ -99,7 +99,7 @@ _RAW_EVENT = [f for f in BRONZE_EVENTS_SCHEMA.fields if f.name not in ("event_id
 REJECTED_EVENTS_SCHEMA = T.StructType(
     _fields(("event_id", T.StringType()), ("reasons", REASONS))
     + [T.StructField(f.name, f.dataType) for f in _RAW_EVENT]
-    + _fields(("_bronze_version", T.LongType()), ("_batch_id", T.LongType()))
+    + _fields(("_bronze_version", T.LongType()), ("_batch_id", T.LongType()), ("_content_hash", T.StringType()))
 )
 
 IDENTITY_MAP_SCHEMA = T.StructType(_fields(
@@ -334,7 +334,20 @@ def ensure_table(spark: SparkSession, root: str, key: str) -> DeltaTable:
         builder = builder.property(name, value)
     created = builder.execute()
     _CREATED.add(path)
+    if _add_missing_columns(spark, path, created, table.schema):
+        return DeltaTable.forPath(spark, path)
     return created
+
+
+def _add_missing_columns(spark: SparkSession, path: str, table: DeltaTable, schema: T.StructType) -> bool:
+    """Bring a table made by an earlier release up to its current schema: columns added since
+    are appended (null in old rows); nothing is dropped or retyped. Whether any were added."""
+    present = set(table.toDF().columns)
+    missing = [f for f in schema.fields if f.name not in present]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+    return bool(missing)
 
 
 def append_rows(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> str:

@@ -152,8 +152,10 @@ def mark_duplicates(existing: DataFrame | None) -> Transform:
     """Exact ``event_id`` repeats: the first landed is kept; a later one with the same content
     is a collapsed ``duplicate``, with other content it is rejected as ``duplicate_conflict``.
 
-    ``existing`` (``event_id``, ``_content_hash``) are the events already in silver: a repeat of
-    one of those is judged the same way, so dedup holds across batches.
+    ``existing`` (``event_id``, ``_content_hash``) are the events earlier batches already judged —
+    in silver or rejected: a repeat of one of those is judged the same way, so dedup holds across
+    batches and a re-delivered file cannot let through what was turned away the first time. A
+    known event without a hash (rejected before hashes were kept) takes the batch's first copy's.
     """
 
     def transform(df: DataFrame) -> DataFrame:
@@ -163,17 +165,19 @@ def mark_duplicates(existing: DataFrame | None) -> Transform:
             "_first_hash", F.first("_content_hash").over(first)
         )
         if existing is not None:
-            known = existing.select("event_id", F.col("_content_hash").alias("_known_hash"))
+            known = existing.select("event_id", F.col("_content_hash").alias("_known_hash"),
+                                    F.lit(True).alias("_known"))
             ranked = ranked.join(known.dropDuplicates(["event_id"]), "event_id", "left")
         else:
-            ranked = ranked.withColumn("_known_hash", F.lit(None).cast(T.StringType()))
+            ranked = ranked.withColumn("_known_hash", F.lit(None).cast(T.StringType())).withColumn(
+                "_known", F.lit(None).cast(T.BooleanType()))
         winner_hash = F.coalesce(F.col("_known_hash"), F.col("_first_hash"))
-        repeat = open_ & (F.col("_known_hash").isNotNull() | (F.col("_rank") > 1))
+        repeat = open_ & (F.col("_known").isNotNull() | (F.col("_rank") > 1))
         same = F.col("_content_hash") == winner_hash
         return (
             ranked.withColumn("_duplicate", repeat & same)
             .withColumn("_reasons", _add_reason(repeat & ~same, "duplicate_conflict"))
-            .drop("_rank", "_first_hash", "_known_hash")
+            .drop("_rank", "_first_hash", "_known_hash", "_known")
         )
 
     return transform

@@ -145,6 +145,49 @@ def test_dedup_holds_across_batches(spark, settings):
     assert _table(spark, settings, "silver.events").count() == 2
 
 
+def _turned_away_once():
+    """A pixel double-load pair and a crawler's page view: the second view and the crawler are rejected."""
+    view = {"event_id": "v1", "customer_id": "C1", "event_type": "product_view", "timestamp": "2026-11-19T10:00:00Z",
+            "product_id": "P1", "url": "/p/P1", "user_agent": "Mozilla/5.0"}
+    return [view, view | {"event_id": "v2", "timestamp": "2026-11-19T10:00:01Z"},
+            view | {"event_id": "v3", "user_agent": "Googlebot/2.1", "url": "/"}]
+
+
+def test_a_redelivered_file_cannot_let_through_what_was_turned_away(spark, settings):
+    _land(settings, "events", "a.json", _turned_away_once())
+    ingest(spark, settings, "events")
+    [first] = cleanse(spark, settings, customers=False)
+    assert first.reasons == {"double_load": 1, "bot_user_agent": 1}
+
+    _land(settings, "events", "a-again.json", _turned_away_once())  # the same events, a new file name
+    ingest(spark, settings, "events")
+    [again] = cleanse(spark, settings, customers=False)
+
+    assert (again.bronze_rows, again.silver_rows, again.duplicates, again.reasons) == (3, 0, 3, {})
+    assert [r[0] for r in _rows(spark, settings, "silver.events", ["event_id"])] == ["v1"]
+    assert _table(spark, settings, "silver.rejected_events").count() == 2
+
+
+def test_a_rejected_table_from_before_content_hashes_gains_the_column_and_still_dedups(spark, settings):
+    from jobs import tables
+
+    _land(settings, "events", "a.json", _turned_away_once())
+    ingest(spark, settings, "events")
+    cleanse(spark, settings, customers=False)
+    path = tables.table_path(settings.lakehouse.root, "silver.rejected_events")
+    old = _table(spark, settings, "silver.rejected_events").drop("_content_hash").localCheckpoint()
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    tables._CREATED.discard(path)  # as in a new process of the new release
+
+    _land(settings, "events", "a-again.json", _turned_away_once())
+    ingest(spark, settings, "events")
+    [again] = cleanse(spark, settings, customers=False)
+
+    assert (again.silver_rows, again.duplicates, again.reasons) == (0, 3, {})
+    rejected = _table(spark, settings, "silver.rejected_events")
+    assert "_content_hash" in rejected.columns and rejected.where(F.col("_content_hash").isNull()).count() == 2
+
+
 def test_an_older_crm_record_landing_later_does_not_overwrite_a_newer_one(spark, settings):
     header = "customer_id,email,first_name,last_name,birth_date,city,country,email_consent,updated_at"
     _land(settings, "crm", "a.csv", [header, "C1,Ann@X.com,Ann,Lee,1990-01-02,NYC,US,yes,2026-11-10T00:00:00Z"])
