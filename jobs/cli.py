@@ -24,20 +24,25 @@ if TYPE_CHECKING:
 
 
 class OperatorError(click.ClickException):
-    exit_code = 2
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
 
 
 class LakehouseGroup(click.Group):
-    """Turns a LakehouseError raised anywhere below into a one-line error with exit code 2."""
+    """Turns a LakehouseError raised anywhere below into a one-line error (emails masked) with
+    the error's exit code: 2 for bad input, 1 for a failed run."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LakehouseError as exc:
-            raise OperatorError(str(exc)) from None
+            from jobs.pii import mask
+
+            raise OperatorError(mask(str(exc)), exc.exit_code) from None
 
 
 class UtcTimestamp(click.ParamType):

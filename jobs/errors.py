@@ -1,4 +1,5 @@
-"""Errors an operator can act on: they print as one line and exit with code 2."""
+"""Errors an operator can act on: they print as one line, without a traceback, and exit with
+code 2 (bad input) or 1 (the input may be fine, the run is not: a stage or a destination failed)."""
 
 
 class LakehouseError(Exception):

@@ -19,11 +19,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from jobs.errors import LakehouseError
 from jobs.settings import RetrySettings
 
 
-class DeliveryFailed(RuntimeError):
-    """The endpoint kept failing transiently; the batch was not acknowledged."""
+class DeliveryFailed(LakehouseError):
+    """The endpoint kept failing or refused the credentials; the batch was not acknowledged, the
+    sync state did not advance, and a rerun sends it again. Exit code 1."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

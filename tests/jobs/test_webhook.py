@@ -16,6 +16,7 @@ from jobs.destinations.http import DeliveryFailed, post
 from jobs.settings import DestinationsSettings, RetrySettings, WebhookDestination
 from jobs.sync import sync
 from jobs.tables import read_table
+from tests.conftest import REPO
 
 SECRET = "s3cr3t-test-webhook-value"
 
@@ -149,6 +150,26 @@ def test_a_missing_secret_is_a_one_line_error_naming_the_variable(spark, lakehou
     assert result.exit_code == 2
     assert result.output.strip() == (
         "error: destinations.webhook.secret_env: environment variable TEST_WEBHOOK_SECRET is not set")
+
+
+def test_an_endpoint_that_keeps_failing_stops_the_sync_with_one_line_and_exit_1(spark, lakehouse, monkeypatch,
+                                                                               tmp_path):
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"lakehouse: {{root: {lakehouse.lakehouse.root}}}\nlanding: {{root: {tmp_path}}}\n"
+        "destinations:\n  webhook: {url: 'http://127.0.0.1:9/x', secret_env: TEST_WEBHOOK_SECRET,\n"
+        "             retry: {max_attempts: 2, backoff_seconds: 0.01, timeout_seconds: 1}}\n")
+    (tmp_path / "sources").symlink_to(REPO / "conf" / "sources")
+    result = CliRunner().invoke(cli, ["--conf", str(conf), "sync", "webhook", "--segment", "abandoned_cart_24h"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: POST http://127.0.0.1:9/x failed 2 times (last: URLError)")
+    assert "Traceback" not in result.output and SECRET not in result.output
+
+    hidden = tmp_path / "jane.doe@example.com"
+    missing = CliRunner().invoke(cli, ["--conf", str(hidden / "conf.yaml"), "sync", "webhook"])
+    assert missing.exit_code == 2 and "j***@example.com" in missing.output and "jane.doe" not in missing.output
 
 
 def test_the_http_client_retries_transient_failures_but_not_other_4xx(receiver):
