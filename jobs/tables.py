@@ -185,6 +185,15 @@ ERASURE_LOG_SCHEMA = T.StructType(_fields(
 ))
 
 
+# Columns whose values are personal, or may carry personal data (a URL's query string, a raw
+# record). Delta writes each file's min and max of a column into the commit log, which outlives
+# an erasure until ``delta.logRetentionDuration``: tables holding any of these collect statistics
+# only on their other columns (``delta.dataSkippingStatsColumns``).
+PERSONAL_COLUMNS = frozenset({"email", "first_name", "last_name", "phone", "birth_date", "url", "user_agent",
+                              "_corrupt_record", "_rescued_data"})
+_STATS_TYPES = (T.StringType, T.NumericType, T.DateType, T.TimestampType)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     layer: str
@@ -197,6 +206,17 @@ class TableSpec:
     @property
     def key(self) -> str:
         return f"{self.layer}.{self.name}"
+
+    @property
+    def table_properties(self) -> dict[str, str]:
+        """``properties`` plus the statistics policy for tables holding personal columns."""
+        found = dict(self.properties)
+        if PERSONAL_COLUMNS & set(self.schema.fieldNames()):
+            found["delta.dataSkippingStatsColumns"] = ",".join(
+                f.name for f in self.schema.fields
+                if f.name not in PERSONAL_COLUMNS and f.name not in self.partition_by
+                and isinstance(f.dataType, _STATS_TYPES))
+        return found
 
 
 CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
@@ -330,24 +350,32 @@ def ensure_table(spark: SparkSession, root: str, key: str) -> DeltaTable:
     )
     if table.partition_by:
         builder = builder.partitionedBy(*table.partition_by)
-    for name, value in table.properties.items():
+    properties = table.table_properties
+    for name, value in properties.items():
         builder = builder.property(name, value)
     created = builder.execute()
     _CREATED.add(path)
-    if _add_missing_columns(spark, path, created, table.schema):
+    if _upgrade(spark, path, created, table.schema, properties):
         return DeltaTable.forPath(spark, path)
     return created
 
 
-def _add_missing_columns(spark: SparkSession, path: str, table: DeltaTable, schema: T.StructType) -> bool:
-    """Bring a table made by an earlier release up to its current schema: columns added since
-    are appended (null in old rows); nothing is dropped or retyped. Whether any were added."""
+def _upgrade(spark: SparkSession, path: str, table: DeltaTable, schema: T.StructType,
+             properties: Mapping[str, str]) -> bool:
+    """Bring a table made by an earlier release up to this one: columns added since are appended
+    (null in old rows) and properties set as the registry says; nothing is dropped or retyped.
+    Whether anything changed."""
     present = set(table.toDF().columns)
     missing = [f for f in schema.fields if f.name not in present]
     if missing:
         columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
-    return bool(missing)
+    current = table.detail().first()["properties"] or {}
+    changed = {k: v for k, v in properties.items() if current.get(k) != v}
+    if changed:
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(changed.items()))
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
+    return bool(missing or changed)
 
 
 def append_rows(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> str:

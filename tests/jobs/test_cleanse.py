@@ -168,13 +168,14 @@ def test_a_redelivered_file_cannot_let_through_what_was_turned_away(spark, setti
     assert _table(spark, settings, "silver.rejected_events").count() == 2
 
 
-def test_a_rejected_table_from_before_content_hashes_gains_the_column_and_still_dedups(spark, settings):
+def test_a_rejected_table_from_an_earlier_release_is_upgraded_and_still_dedups(spark, settings):
     from jobs import tables
 
     _land(settings, "events", "a.json", _turned_away_once())
     ingest(spark, settings, "events")
     cleanse(spark, settings, customers=False)
     path = tables.table_path(settings.lakehouse.root, "silver.rejected_events")
+    spark.sql(f"ALTER TABLE delta.`{path}` UNSET TBLPROPERTIES ('delta.dataSkippingStatsColumns')")
     old = _table(spark, settings, "silver.rejected_events").drop("_content_hash").localCheckpoint()
     old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
     tables._CREATED.discard(path)  # as in a new process of the new release
@@ -186,6 +187,8 @@ def test_a_rejected_table_from_before_content_hashes_gains_the_column_and_still_
     assert (again.silver_rows, again.duplicates, again.reasons) == (0, 3, {})
     rejected = _table(spark, settings, "silver.rejected_events")
     assert "_content_hash" in rejected.columns and rejected.where(F.col("_content_hash").isNull()).count() == 2
+    properties = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["properties"]
+    assert "url" not in properties["delta.dataSkippingStatsColumns"].split(",")  # and its statistics policy
 
 
 def test_an_older_crm_record_landing_later_does_not_overwrite_a_newer_one(spark, settings):
