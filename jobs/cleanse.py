@@ -68,6 +68,7 @@ from transforms.silver_events import (
     apply_expectations,
     classify_events,
     identity_pairs,
+    judged_events,
     stitch_identities,
 )
 
@@ -195,19 +196,12 @@ def _as_of(spark: SparkSession, root: str, key: str, version: int | None) -> Dat
 
 
 def _known_events(spark: SparkSession, root: str, batch: Batch) -> DataFrame | None:
-    """(event_id, _content_hash) of every event earlier batches judged: silver as of before this
-    batch, and rejected rows of other batches; an id in both keeps silver's hash."""
-    silver = _as_of(spark, root, "silver.events", batch.target_version)
-    rejected_path = table_path(root, "silver.rejected_events")
-    judged = [] if silver is None else [silver.select("event_id", "_content_hash", F.lit(0).alias("_rank"))]
-    if is_delta_table(spark, rejected_path):
-        rejected = ensure_table(spark, root, "silver.rejected_events").toDF()
-        judged.append(rejected.where(F.col("event_id").isNotNull() & (F.col("_batch_id") != batch.batch_id))
-                      .select("event_id", "_content_hash", F.lit(1).alias("_rank")))
-    if not judged:
-        return None
-    union = judged[0] if len(judged) == 1 else judged[0].unionByName(judged[1])
-    return union.groupBy("event_id").agg(F.min_by("_content_hash", "_rank").alias("_content_hash"))
+    """Events earlier batches judged: silver as of before this batch, rejected rows of other batches."""
+    rejected = None
+    if is_delta_table(spark, table_path(root, "silver.rejected_events")):
+        rejected = ensure_table(spark, root, "silver.rejected_events").toDF().where(
+            F.col("_batch_id") != batch.batch_id)
+    return judged_events(_as_of(spark, root, "silver.events", batch.target_version), rejected)
 
 
 # -- writes, each once per batch ----------------------------------------------------------------

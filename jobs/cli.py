@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jobs.errors import InputError, LakehouseError
+from jobs.pii import mask
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -40,8 +41,6 @@ class LakehouseGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LakehouseError as exc:
-            from jobs.pii import mask
-
             raise OperatorError(mask(str(exc)), exc.exit_code) from None
 
 

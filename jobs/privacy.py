@@ -131,16 +131,17 @@ def _delete(spark: SparkSession, path: str, matches: list[tuple[Callable[[Column
     A MERGE's logged condition names only columns (``t.customer_id = s.value``)."""
     table = DeltaTable.forPath(spark, path)
     deleted = 0
+    version = table.history(1).first()["version"]
     for condition, values in matches:
         if not values:
             continue
         source = spark.createDataFrame([(v,) for v in values], "value string")
-        before = table.history(1).first()["version"]
         with commit_metadata(spark, marker):
             (table.alias("t").merge(F.broadcast(source).alias("s"), condition(F.col("s.value")))
              .whenMatchedDelete().execute())
         last = table.history(1).first()
-        if last["version"] != before:
+        if last["version"] != version:
+            version = last["version"]
             deleted += int((last["operationMetrics"] or {}).get("numTargetRowsDeleted", 0) or 0)
     return deleted
 

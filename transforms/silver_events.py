@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -146,6 +147,17 @@ def _add_reason(condition: Column, reason: str | Column) -> Column:
 
 def reject_corrupt(df: DataFrame) -> DataFrame:
     return df.withColumn("_reasons", _add_reason(F.col("_raw._corrupt_record").isNotNull(), "corrupt_record"))
+
+
+def judged_events(kept: DataFrame | None, rejected: DataFrame | None) -> DataFrame | None:
+    """(event_id, _content_hash) once per event earlier batches judged, from silver's rows
+    (``kept``) and rejected rows; an id in both keeps silver's hash. None when there are none."""
+    judged = [frame.where(F.col("event_id").isNotNull()).select("event_id", "_content_hash", F.lit(rank).alias("_rank"))
+              for rank, frame in enumerate((kept, rejected)) if frame is not None]
+    if not judged:
+        return None
+    return reduce(DataFrame.unionByName, judged).groupBy("event_id").agg(
+        F.min_by("_content_hash", "_rank").alias("_content_hash"))
 
 
 def mark_duplicates(existing: DataFrame | None) -> Transform:

@@ -156,12 +156,12 @@ class SfmcDestination:
     def erase(self, customer_ids: list[str]) -> str:
         """Delete the customers' rows from every configured data extension (SOAP ``Delete``)."""
         deleted = missing = 0
-        for key in sorted(set(self.settings.data_extensions.values())):
+        keys = sorted(set(self.settings.data_extensions.values()))
+        for key in keys:
             for start in range(0, len(customer_ids), DELETE_BATCH):
                 gone, absent = self._delete_rows(key, customer_ids[start:start + DELETE_BATCH])
                 deleted, missing = deleted + gone, missing + absent
-        return (f"{deleted} rows deleted from {len(set(self.settings.data_extensions.values()))} data extensions, "
-                f"{missing} not there")
+        return f"{deleted} rows deleted from {len(keys)} data extensions, {missing} not there"
 
     def _delete_rows(self, key: str, customer_ids: list[str]) -> tuple[int, int]:
         """(rows deleted, rows not there); any other row error stops the erasure, naming no customer."""
