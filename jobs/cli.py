@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.errors import InputError, LakehouseError
-from jobs.pii import mask
+from jobs.runtime.errors import InputError, LakehouseError
+from jobs.runtime.pii import mask
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from jobs.settings import Settings
+    from jobs.runtime.settings import Settings
 
 
 class OperatorError(click.ClickException):
@@ -69,13 +69,13 @@ class Runtime:
 
     @cached_property
     def settings(self) -> Settings:
-        from jobs.settings import load_settings
+        from jobs.runtime.settings import load_settings
 
         return load_settings(self.env, self.conf_path, self.overrides)
 
     @cached_property
     def spark(self) -> SparkSession:
-        from jobs.spark import get_spark
+        from jobs.runtime.spark import get_spark
 
         return get_spark(self.settings.spark)
 
@@ -117,7 +117,7 @@ def demo() -> None:
 def demo_generate(out: Path, customers: int, days: int, events_per_day: int, seed: int,
                   end: datetime | None) -> None:
     """Write realistic demo events and CRM exports with known dirt, plus a manifest."""
-    from jobs.demo import generate
+    from jobs.tools.demo import generate
 
     if end is not None and end > datetime.now(UTC) + timedelta(minutes=1):
         raise OperatorError(f"--end {end.isoformat()} is in the future; demo events must have happened")
@@ -139,8 +139,8 @@ def ingest() -> None:
 
 
 def _ingest(runtime: Runtime, kind: str, source: str | None) -> None:
-    from jobs.ingest import ingest as run_ingest
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.stages.ingest import ingest as run_ingest
 
     settings = runtime.settings
     if source is not None:
@@ -177,8 +177,8 @@ def ingest_crm(runtime: Runtime, source: str | None) -> None:
 @pass_runtime
 def cleanse(runtime: Runtime, events_only: bool, customers_only: bool) -> None:
     """Cleanse new bronze commits into silver tables, every rejected row kept with its reasons."""
-    from jobs.cleanse import cleanse as run_cleanse
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.stages.cleanse import cleanse as run_cleanse
 
     both = not events_only and not customers_only
     results = run_cleanse(runtime.spark, runtime.settings, events=both or events_only,
@@ -205,8 +205,8 @@ def quality() -> None:
 @pass_runtime
 def quality_report(runtime: Runtime, table_name: str | None) -> None:
     """Print the latest result of every data-quality expectation."""
-    from jobs.quality import latest_results
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.tools.quality import latest_results
 
     rows = latest_results(runtime.spark, runtime.settings.lakehouse.root, table_name)
     if not rows:
@@ -229,7 +229,7 @@ AS_OF_HELP = "Compute as of this time, ISO 8601 (default: now). Windows are [as_
 @pass_runtime
 def features(runtime: Runtime, as_of: datetime | None) -> None:
     """Compute gold.customer_features, one row per customer, as of a time."""
-    from jobs.gold import build_features
+    from jobs.stages.gold import build_features
 
     result = build_features(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
     click.echo(f"gold.customer_features version {result.version}: {result.customers:,} customers "
@@ -237,7 +237,7 @@ def features(runtime: Runtime, as_of: datetime | None) -> None:
 
 
 def _print_segment_run(result: Any) -> None:
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
 
     click.echo(f"gold.segment_membership version {result.version} as of {result.as_of.isoformat()} "
                f"(rules {result.rules_hash}, run {result.run_id})")
@@ -250,7 +250,7 @@ def _print_segment_run(result: Any) -> None:
 @pass_runtime
 def segment(runtime: Runtime, as_of: datetime | None) -> None:
     """Evaluate every segment rule and write membership as one Delta commit."""
-    from jobs.gold import run_segments
+    from jobs.stages.gold import run_segments
 
     _print_segment_run(run_segments(runtime.spark, runtime.settings, as_of))
 
@@ -264,10 +264,10 @@ def segments() -> None:
 @pass_runtime
 def segments_list(runtime: Runtime) -> None:
     """List the segment rules with their latest size."""
-    from jobs.gold import latest_sizes
-    from jobs.report import format_table
-    from jobs.segment_rules import load_segments
-    from jobs.settings import rules_dir
+    from jobs.rules.segments import load_segments
+    from jobs.runtime.report import format_table
+    from jobs.runtime.settings import rules_dir
+    from jobs.stages.gold import latest_sizes
 
     rules = load_segments(rules_dir(runtime.settings))
     sizes = latest_sizes(runtime.spark, runtime.settings.lakehouse.root)
@@ -286,8 +286,8 @@ def segments_list(runtime: Runtime) -> None:
 def segments_show(runtime: Runtime, segment_id: str, version: int | None, timestamp: datetime | None,
                   limit: int) -> None:
     """Print a segment's members, now or at a past version or time."""
-    from jobs.gold import membership_at
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.stages.gold import membership_at
 
     if version is not None and timestamp is not None:
         raise OperatorError("give --version or --timestamp, not both")
@@ -306,7 +306,7 @@ def segments_show(runtime: Runtime, segment_id: str, version: int | None, timest
 @pass_runtime
 def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_version: int) -> None:
     """List who entered and who exited a segment between two versions."""
-    from jobs.gold import diff
+    from jobs.stages.gold import diff
 
     entered, exited = diff(runtime.spark, runtime.settings.lakehouse.root, segment_id, from_version, to_version)
     click.echo(f"{segment_id} v{from_version} -> v{to_version}: {len(entered)} entered, {len(exited)} exited")
@@ -321,8 +321,8 @@ def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_versi
 @pass_runtime
 def segments_history(runtime: Runtime, segment_id: str) -> None:
     """Print a segment's size, entries and exits over every segment run."""
-    from jobs.gold import history
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.stages.gold import history
 
     click.echo(format_table(
         ["version", "as_of", "size", "entered", "exited", "run_id"],
@@ -340,16 +340,16 @@ def rules() -> None:
 @pass_runtime
 def rules_validate(runtime: Runtime) -> None:
     """Check every rule file, including segment SQL, without reading any data."""
-    from jobs.gold import validated_segments
     from jobs.rules import load_bot_rules, load_event_types, load_locations, load_quality_rules
-    from jobs.settings import rules_dir
+    from jobs.runtime.settings import rules_dir
+    from jobs.stages.gold import validated_segments
 
     folder = rules_dir(runtime.settings)
     load_event_types(folder)
     load_bot_rules(folder)
     load_locations(folder)
     quality_rules = load_quality_rules(folder)
-    from jobs.cleanse import check_expectations
+    from jobs.stages.cleanse import check_expectations
 
     check_expectations(runtime.spark, folder, quality_rules)
     found = validated_segments(runtime.spark, runtime.settings)
@@ -366,8 +366,8 @@ def rules_validate(runtime: Runtime) -> None:
 @pass_runtime
 def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...]) -> None:
     """Run ingest, cleanse, features, segment (and sync) in order in one Spark application."""
-    from jobs.pipeline import run_pipeline
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.stages.pipeline import run_pipeline
 
     stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC), sync_to)
     click.echo(format_table(
@@ -392,8 +392,8 @@ def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...]) -> N
 def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], dry_run: bool,
          full_refresh: bool, allow_large_change: bool) -> None:
     """Send segment membership and attribute changes to a destination (file, ...)."""
-    from jobs.report import format_table
-    from jobs.sync import sync as run_sync
+    from jobs.runtime.report import format_table
+    from jobs.stages.sync import sync as run_sync
 
     def progress(done: int, total: int) -> None:
         width = 30
@@ -401,7 +401,7 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
         click.echo(f"\rbatches [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True,
                    nl=done >= total)
 
-    from jobs.pii import masked_row
+    from jobs.runtime.pii import masked_row
 
     result = run_sync(runtime.spark, runtime.settings, destination_name, segment_ids, dry_run=dry_run,
                       full_refresh=full_refresh, allow_large_change=allow_large_change,
@@ -425,8 +425,8 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
 @pass_runtime
 def tables(runtime: Runtime, as_json: bool) -> None:
     """List every table: path, Delta version, row count, last run."""
-    from jobs.catalog import table_statuses
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.tools.catalog import table_statuses
 
     statuses = table_statuses(runtime.spark, runtime.settings.lakehouse.root)
     if as_json:
@@ -444,7 +444,7 @@ def tables(runtime: Runtime, as_json: bool) -> None:
 @click.option("--sep", default=",", show_default=True, help="Separator between the jar paths.")
 def jars(sep: str) -> None:
     """Print the cached Delta jars for spark-submit --jars (downloading them once)."""
-    from jobs.jars import cached_delta_jars, resolve_delta_jars
+    from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
 
     paths = cached_delta_jars() or resolve_delta_jars()
     click.echo(sep.join(str(p) for p in paths))
@@ -463,8 +463,8 @@ def privacy() -> None:
 @pass_runtime
 def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_file: str | None) -> None:
     """Delete customers from every table and version, and from every configured email platform."""
-    from jobs.privacy import erase
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.tools.privacy import erase
 
     ids = list(customer_ids)
     if from_file:
@@ -489,8 +489,8 @@ def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_
 @pass_runtime
 def maintain_command(runtime: Runtime, table: str | None) -> None:
     """Compact small files (OPTIMIZE, Z-order where configured) and VACUUM with the configured retention."""
-    from jobs.maintain import maintain
-    from jobs.report import format_table
+    from jobs.runtime.report import format_table
+    from jobs.tools.maintain import maintain
 
     results = maintain(runtime.spark, runtime.settings, table)
     click.echo(format_table(
@@ -510,7 +510,7 @@ def maintain_command(runtime: Runtime, table: str | None) -> None:
 @pass_runtime
 def bench(runtime: Runtime, events: int, workdir: str, out: str) -> None:
     """Benchmark the pipeline against a bare read+append floor, full and 1 % incremental."""
-    from jobs.bench import markdown, run_bench, write
+    from jobs.tools.bench import markdown, run_bench, write
 
     result = run_bench(runtime.spark, runtime.settings, events, Path(workdir).resolve())
     json_path, md_path = write(result, Path(out))
@@ -525,8 +525,8 @@ def bench(runtime: Runtime, events: int, workdir: str, out: str) -> None:
 @pass_runtime
 def package(runtime: Runtime, out: str) -> None:
     """Build the spark-submit bundle: code zip, entry script, Delta jars, conf and rules."""
-    from jobs.package import build
-    from jobs.settings import rules_dir
+    from jobs.runtime.settings import rules_dir
+    from jobs.tools.package import build
 
     parts = build(Path(out), rules_dir(runtime.settings))
     click.echo(f"bundle written to {out}; submit with:")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.settings import Settings, load_settings
+from jobs.runtime.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"
@@ -33,7 +33,7 @@ def _settings(tmp_path: Path, *overrides: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from jobs.spark import get_spark
+    from jobs.runtime.spark import get_spark
 
     base = tmp_path_factory.mktemp("spark")
     settings = _settings(base)

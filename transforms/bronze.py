@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.settings import SourceSettings
+from jobs.runtime.settings import SourceSettings
 
 Transform = Callable[[DataFrame], DataFrame]
 STRING_MAP = T.MapType(T.StringType(), T.StringType())

@@ -6,9 +6,9 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from jobs.errors import ConfigError
-from jobs.secrets import SecretSource
-from jobs.settings import Settings
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.secrets import SecretSource
+from jobs.runtime.settings import Settings
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.destinations import BatchResult
-from jobs.errors import ConfigError
+from jobs.runtime.errors import ConfigError
 
 
 def batch_name(run_id: str, segment_id: str, batch_no: int, key: str) -> str:

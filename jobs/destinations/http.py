@@ -19,8 +19,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from jobs.errors import LakehouseError
-from jobs.settings import RetrySettings
+from jobs.runtime.errors import LakehouseError
+from jobs.runtime.settings import RetrySettings
 
 
 class DeliveryFailed(LakehouseError):

@@ -29,8 +29,8 @@ from typing import Any
 from jobs.destinations import BatchResult, segment_target
 from jobs.destinations.http import DeliveryFailed, Response, request
 from jobs.destinations.limits import Limit, RateLimiter
-from jobs.secrets import ENVIRONMENT, SecretSource
-from jobs.settings import KlaviyoDestination as KlaviyoSettings
+from jobs.runtime.secrets import ENVIRONMENT, SecretSource
+from jobs.runtime.settings import KlaviyoDestination as KlaviyoSettings
 
 MAX_IMPORT_PROFILES = 10_000
 MAX_IMPORT_BYTES = 5 * 1024 * 1024

@@ -7,7 +7,7 @@ settings. ``endpoint_url`` points it at any S3-compatible store or a test server
 from __future__ import annotations
 
 from jobs.destinations.file import ExportDestination
-from jobs.settings import S3Destination as S3Settings
+from jobs.runtime.settings import S3Destination as S3Settings
 
 
 class S3Destination(ExportDestination):

@@ -33,8 +33,8 @@ from xml.sax.saxutils import escape
 
 from jobs.destinations import BatchResult, segment_target
 from jobs.destinations.http import DeliveryFailed, Response, request
-from jobs.secrets import ENVIRONMENT, SecretSource
-from jobs.settings import SfmcDestination as SfmcSettings
+from jobs.runtime.secrets import ENVIRONMENT, SecretSource
+from jobs.runtime.settings import SfmcDestination as SfmcSettings
 from transforms.sync import TEMPLATE_FIELDS
 
 TOKEN_MARGIN_SECONDS = 60

@@ -14,8 +14,8 @@ from typing import Any
 
 from jobs.destinations import BatchResult
 from jobs.destinations.http import post
-from jobs.secrets import ENVIRONMENT, SecretSource
-from jobs.settings import WebhookDestination as WebhookSettings
+from jobs.runtime.secrets import ENVIRONMENT, SecretSource
+from jobs.runtime.settings import WebhookDestination as WebhookSettings
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
 

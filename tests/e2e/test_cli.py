@@ -183,7 +183,7 @@ def test_run_goes_through_every_stage_and_prints_segment_sizes(spark, tmp_path):
 
 
 def test_run_stops_at_the_first_failing_stage_and_says_which(spark, tmp_path):
-    from jobs.tables import read_table
+    from jobs.runtime.tables import read_table
 
     result = _run(*_roots(tmp_path), "run")
     assert result.exit_code == 2

@@ -18,7 +18,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.cli import cli
-from jobs.tables import read_table
+from jobs.runtime.tables import read_table
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 AS_OF = "2026-11-20T00:00:00Z"

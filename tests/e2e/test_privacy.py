@@ -13,8 +13,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs.cli import cli
-from jobs.privacy import salted
-from jobs.tables import REGISTRY, is_delta_table, read_table, table_path
+from jobs.runtime.tables import REGISTRY, is_delta_table, read_table, table_path
+from jobs.tools.privacy import salted
 from tests.conftest import REPO
 
 SALT = "pepper-for-tests-7f3a"

@@ -7,7 +7,7 @@ import json
 
 from click.testing import CliRunner
 
-from jobs.tables import REGISTRY, is_delta_table, read_table, table_path
+from jobs.runtime.tables import REGISTRY, is_delta_table, read_table, table_path
 from tests.conftest import REPO
 from tests.fakes.klaviyo import FakeKlaviyo
 

@@ -4,8 +4,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from jobs.gold import run_segments
-from jobs.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, table_path
+from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, table_path
+from jobs.stages.gold import run_segments
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -35,7 +35,7 @@ def change_rows(ids, action="add"):
 
 def deliveries_per_customer(spark, settings):
     """customer_id -> acknowledged ledger rows."""
-    from jobs.tables import read_table
+    from jobs.runtime.tables import read_table
 
     ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").groupBy("customer_id").count()
     return {r["customer_id"]: r["count"] for r in ledger.collect()}

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import cleanse as cleanse_module
-from jobs.cleanse import DataQualityFailure, cleanse
-from jobs.demo import generate
-from jobs.ingest import ingest
-from jobs.tables import read_table
+from jobs.runtime.tables import read_table
+from jobs.stages import cleanse as cleanse_module
+from jobs.stages.cleanse import DataQualityFailure, cleanse
+from jobs.stages.ingest import ingest
+from jobs.tools.demo import generate
 from tests.conftest import REPO, TEST_DATA
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -169,7 +169,7 @@ def test_a_redelivered_file_cannot_let_through_what_was_turned_away(spark, setti
 
 
 def test_a_rejected_table_from_an_earlier_release_is_upgraded_and_still_dedups(spark, settings):
-    from jobs import tables
+    from jobs.runtime import tables
 
     _land(settings, "events", "a.json", _turned_away_once())
     ingest(spark, settings, "events")

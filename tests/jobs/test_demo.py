@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.demo import BOT_AGENTS, SYNONYMS, UNKNOWN_TYPES, generate
+from jobs.tools.demo import BOT_AGENTS, SYNONYMS, UNKNOWN_TYPES, generate
 
 END = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 CANONICAL = set(SYNONYMS)

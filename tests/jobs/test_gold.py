@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from pyspark.sql import functions as F
 
 from jobs.cli import cli
-from jobs.errors import ConfigError
-from jobs.gold import build_features, diff, history, membership_at, run_segments
-from jobs.segment_rules import load_segments
-from jobs.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
+from jobs.rules.segments import load_segments
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
+from jobs.stages.gold import build_features, diff, history, membership_at, run_segments
 from tests.conftest import REPO
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -5,10 +5,10 @@ import shutil
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import ingest as ingest_module
-from jobs.errors import InputError
-from jobs.ingest import ingest
-from jobs.tables import read_table
+from jobs.runtime.errors import InputError
+from jobs.runtime.tables import read_table
+from jobs.stages import ingest as ingest_module
+from jobs.stages.ingest import ingest
 from tests.conftest import TEST_DATA
 
 GOOD = [

@@ -13,12 +13,12 @@ import jobs.destinations.klaviyo as klaviyo
 from jobs.cli import cli
 from jobs.destinations.klaviyo import RATE_LIMITS, KlaviyoDestination, import_jobs, profile
 from jobs.destinations.limits import Limit, RateLimiter
-from jobs.errors import ConfigError
-from jobs.gold import run_segments
-from jobs.settings import KlaviyoDestination as KlaviyoSettings
-from jobs.settings import RetrySettings
-from jobs.sync import sync
-from jobs.tables import read_table
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import KlaviyoDestination as KlaviyoSettings
+from jobs.runtime.settings import RetrySettings
+from jobs.runtime.tables import read_table
+from jobs.stages.gold import run_segments
+from jobs.stages.sync import sync
 from tests.fakes.klaviyo import CONTRACTS, FakeKlaviyo
 from tests.jobs.conftest import T0, change_rows, deliveries_per_customer
 

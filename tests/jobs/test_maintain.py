@@ -6,8 +6,8 @@ from datetime import timedelta
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from jobs.maintain import maintain
-from jobs.tables import SILVER_EVENTS_SCHEMA, read_table
+from jobs.runtime.tables import SILVER_EVENTS_SCHEMA, read_table
+from jobs.tools.maintain import maintain
 from tests.jobs.conftest import T0, _append, _cart
 
 

@@ -4,8 +4,8 @@ import json
 
 import boto3
 
-from jobs.settings import DestinationsSettings, S3Destination
-from jobs.sync import sync
+from jobs.runtime.settings import DestinationsSettings, S3Destination
+from jobs.stages.sync import sync
 
 
 def test_s3_gets_the_same_objects_as_the_file_destination_manifest_included(spark, lakehouse, moto_endpoint, tmp_path):

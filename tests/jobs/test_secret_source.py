@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.destinations import destination
-from jobs.errors import ConfigError
-from jobs.secrets import SecretSource
-from jobs.settings import DestinationsSettings, SecretsSettings
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.secrets import SecretSource
+from jobs.runtime.settings import DestinationsSettings, SecretsSettings
 from tests.conftest import REPO
 from tests.fakes.klaviyo import FakeKlaviyo
 from tests.jobs.conftest import change_rows

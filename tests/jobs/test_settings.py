@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import ConfigError
-from jobs.settings import load_settings
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

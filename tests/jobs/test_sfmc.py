@@ -5,9 +5,9 @@ import pytest
 
 from jobs.destinations.http import DeliveryFailed
 from jobs.destinations.sfmc import SfmcDestination
-from jobs.settings import RetrySettings
-from jobs.settings import SfmcDestination as SfmcSettings
-from jobs.sync import sync
+from jobs.runtime.settings import RetrySettings
+from jobs.runtime.settings import SfmcDestination as SfmcSettings
+from jobs.stages.sync import sync
 from tests.fakes.sfmc import FakeSfmc
 from tests.jobs.conftest import change_rows, deliveries_per_customer
 

@@ -5,14 +5,14 @@ import pytest
 from click.testing import CliRunner
 from pyspark.sql import functions as F
 
-import jobs.sync as sync_module
+import jobs.stages.sync as sync_module
 from jobs.cli import cli
 from jobs.destinations import BatchResult
 from jobs.destinations.file import FileDestination
-from jobs.gold import run_segments
-from jobs.settings import SyncSettings
-from jobs.sync import LargeChange, sync
-from jobs.tables import CUSTOMERS_SCHEMA, read_table
+from jobs.runtime.settings import SyncSettings
+from jobs.runtime.tables import CUSTOMERS_SCHEMA, read_table
+from jobs.stages.gold import run_segments
+from jobs.stages.sync import LargeChange, sync
 from tests.jobs.conftest import T0, _append, _customer
 
 

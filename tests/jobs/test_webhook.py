@@ -13,9 +13,9 @@ from pyspark.sql import functions as F
 
 from jobs.cli import cli
 from jobs.destinations.http import DeliveryFailed, post
-from jobs.settings import DestinationsSettings, RetrySettings, WebhookDestination
-from jobs.sync import sync
-from jobs.tables import read_table
+from jobs.runtime.settings import DestinationsSettings, RetrySettings, WebhookDestination
+from jobs.runtime.tables import read_table
+from jobs.stages.sync import sync
 from tests.conftest import REPO
 
 SECRET = "s3cr3t-test-webhook-value"

@@ -4,7 +4,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import types as T
 
-from jobs.settings import SourceSettings
+from jobs.runtime.settings import SourceSettings
 from transforms.bronze import conform_to, map_csv_records, parse_json_records, with_landing_metadata
 
 WEB = SourceSettings(name="web", kind="events", format="json")
@@ -121,7 +121,7 @@ def test_csv_columns_map_to_bronze_and_unnamed_ones_are_rescued(spark):
 
 
 def test_landing_metadata_and_conform_to_the_table_schema(spark):
-    from jobs.tables import BRONZE_EVENTS_SCHEMA
+    from jobs.runtime.tables import BRONZE_EVENTS_SCHEMA
 
     at = datetime(2026, 11, 20, 12, 0, 0)
     landed = (

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA
+from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA
 from transforms.gold_features import customer_features, window_start
 
 AS_OF = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from jobs.rules import load_locations
-from jobs.tables import BRONZE_CRM_SCHEMA, CUSTOMERS_HISTORY_SCHEMA
+from jobs.runtime.tables import BRONZE_CRM_SCHEMA, CUSTOMERS_HISTORY_SCHEMA
 from transforms.silver_customers import (
     PROFILE_COLUMNS,
     latest_per_customer,

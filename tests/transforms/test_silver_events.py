@@ -7,7 +7,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from jobs.rules import load_bot_rules, load_event_types
-from jobs.tables import BRONZE_EVENTS_SCHEMA
+from jobs.runtime.tables import BRONZE_EVENTS_SCHEMA
 from transforms.silver_events import (
     apply_expectations,
     assign_event_ids,

@@ -32,11 +32,11 @@ from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.errors import InputError
-from jobs.runlog import job_run, utc_now
-from jobs.secrets import SecretSource
-from jobs.settings import Settings
-from jobs.tables import append_rows, commit_marker, commit_metadata, is_delta_table, read_or_empty, table_path
+from jobs.runtime.errors import InputError
+from jobs.runtime.runlog import job_run, utc_now
+from jobs.runtime.secrets import SecretSource
+from jobs.runtime.settings import Settings
+from jobs.runtime.tables import append_rows, commit_marker, commit_metadata, is_delta_table, read_or_empty, table_path
 
 ERASURE_LOG = "ops.erasure_log"
 EVENT_TABLES = ("bronze.events", "silver.events", "silver.rejected_events")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from py4j.protocol import Py4JJavaError
 from pyspark.sql import SparkSession
 
-from jobs.errors import InputError
+from jobs.runtime.errors import InputError
 
 
 @dataclass(frozen=True)

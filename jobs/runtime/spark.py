@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
-from jobs.jars import cached_delta_jars, resolve_delta_jars
-from jobs.settings import SparkConfValue, SparkSettings, conf_dir
+from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
+from jobs.runtime.settings import SparkConfValue, SparkSettings, conf_dir
 
 DELTA_CONFS: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",

@@ -9,8 +9,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.runlog import JOB_RUNS
-from jobs.tables import REGISTRY, is_delta_table, table_path
+from jobs.runtime.runlog import JOB_RUNS
+from jobs.runtime.tables import REGISTRY, is_delta_table, table_path
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.settings import PROJECT_ROOT, Settings, load_settings
-from jobs.spark import get_spark
-from jobs.tables import read_or_empty, table_path
+from jobs.runtime.settings import PROJECT_ROOT, Settings, load_settings
+from jobs.runtime.spark import get_spark
+from jobs.runtime.tables import read_or_empty, table_path
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.errors import ConfigError
-from jobs.settings import CRM_COLUMNS, EVENT_COLUMNS
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import CRM_COLUMNS, EVENT_COLUMNS
 
 
 def _described(name: str, data_type: T.DataType, comment: str, nullable: bool = True) -> T.StructField:

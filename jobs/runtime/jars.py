@@ -15,7 +15,7 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-from jobs.errors import InputError
+from jobs.runtime.errors import InputError
 
 SCALA_BINARY_VERSION = "2.13"
 DEFAULT_REPOSITORY = "https://repo1.maven.org/maven2"

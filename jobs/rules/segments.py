@@ -23,10 +23,10 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.errors import ConfigError
-from jobs.settings import read_yaml
-from jobs.spark import analysis_message
-from jobs.tables import CUSTOMER_FEATURES_SCHEMA
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import read_yaml
+from jobs.runtime.spark import analysis_message
+from jobs.runtime.tables import CUSTOMER_FEATURES_SCHEMA
 from transforms.segments import check_condition
 
 SEGMENT_ID = re.compile(r"^[a-z][a-z0-9_]*$")

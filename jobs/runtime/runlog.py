@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 
-from jobs.pii import mask
-from jobs.tables import append_rows
+from jobs.runtime.pii import mask
+from jobs.runtime.tables import append_rows
 
 JOB_RUNS = "ops.job_runs"
 

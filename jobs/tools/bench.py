@@ -28,9 +28,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from jobs.demo import generate
-from jobs.pipeline import StageResult, run_pipeline
-from jobs.settings import Settings
+from jobs.runtime.settings import Settings
+from jobs.stages.pipeline import StageResult, run_pipeline
+from jobs.tools.demo import generate
 
 DAYS = 7
 SEED = 1234

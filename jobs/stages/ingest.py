@@ -23,11 +23,11 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import fs
-from jobs.errors import InputError
-from jobs.runlog import job_run, utc_now
-from jobs.settings import Settings, SourceSettings
-from jobs.tables import (
+from jobs.runtime import fs
+from jobs.runtime.errors import InputError
+from jobs.runtime.runlog import job_run, utc_now
+from jobs.runtime.settings import Settings, SourceSettings
+from jobs.runtime.tables import (
     append_rows,
     commit_marker,
     ensure_table,
@@ -189,7 +189,7 @@ def _land(
     spark: SparkSession, settings: Settings, source: SourceSettings, batch: Batch, run_id: str,
     ingested_at: datetime,
 ) -> tuple[int, int, int]:
-    from jobs.privacy import erased_filter, without_erased
+    from jobs.tools.privacy import erased_filter, without_erased
 
     """Append the batch to bronze in one idempotent commit; (version, rows, corrupt rows)."""
     key = BRONZE_TABLES[source.kind]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
-from jobs.errors import ConfigError
-from jobs.runlog import job_run
-from jobs.settings import Settings
-from jobs.tables import REGISTRY, is_delta_table, spec, table_path
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.runlog import job_run
+from jobs.runtime.settings import Settings
+from jobs.runtime.tables import REGISTRY, is_delta_table, spec, table_path
 
 
 @dataclass

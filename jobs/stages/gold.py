@@ -9,11 +9,11 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.errors import InputError
-from jobs.runlog import job_run, utc_now
-from jobs.segment_rules import FEATURE_TYPES, Segment, check_sql, load_segments, rules_hash
-from jobs.settings import Settings, rules_dir
-from jobs.tables import (
+from jobs.rules.segments import FEATURE_TYPES, Segment, check_sql, load_segments, rules_hash
+from jobs.runtime.errors import InputError
+from jobs.runtime.runlog import job_run, utc_now
+from jobs.runtime.settings import Settings, rules_dir
+from jobs.runtime.tables import (
     append_rows,
     commit_marker,
     ensure_table,

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.errors import ConfigError
-from jobs.settings import read_yaml
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import read_yaml
 
 CANONICAL_EVENT_TYPES = (
     "page_view", "product_view", "product_click", "add_to_cart", "remove_from_cart",

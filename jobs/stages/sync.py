@@ -25,10 +25,10 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.destinations import Destination, destination
-from jobs.errors import InputError, LakehouseError
-from jobs.runlog import job_run, utc_now
-from jobs.settings import Settings
-from jobs.tables import append_rows, is_delta_table, latest_version, read_or_empty, table_path
+from jobs.runtime.errors import InputError, LakehouseError
+from jobs.runtime.runlog import job_run, utc_now
+from jobs.runtime.settings import Settings
+from jobs.runtime.tables import append_rows, is_delta_table, latest_version, read_or_empty, table_path
 from transforms.sync import ACTION_ORDER, TEMPLATE_FIELDS, delivered_members, desired_members, plan_changes
 
 MEMBERSHIP, FEATURES = "gold.segment_membership", "gold.customer_features"

@@ -9,9 +9,9 @@ from datetime import datetime
 
 from pyspark.sql import SparkSession
 
-from jobs.errors import LakehouseError
-from jobs.runlog import job_run
-from jobs.settings import Settings
+from jobs.runtime.errors import LakehouseError
+from jobs.runtime.runlog import job_run
+from jobs.runtime.settings import Settings
 
 
 @dataclass
@@ -32,7 +32,7 @@ class StageFailed(LakehouseError):
 
 
 def _ingest(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.ingest import ingest
+    from jobs.stages.ingest import ingest
 
     for kind in ("events", "crm"):
         for result in ingest(spark, settings, kind):
@@ -43,7 +43,7 @@ def _ingest(spark: SparkSession, settings: Settings, as_of: datetime, stage: Sta
 
 
 def _cleanse(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.cleanse import cleanse
+    from jobs.stages.cleanse import cleanse
 
     for result in cleanse(spark, settings):
         stage.rows_in += result.bronze_rows
@@ -52,7 +52,7 @@ def _cleanse(spark: SparkSession, settings: Settings, as_of: datetime, stage: St
 
 
 def _features(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.gold import build_features
+    from jobs.stages.gold import build_features
 
     result = build_features(spark, settings, as_of)
     stage.rows_out = result.customers
@@ -60,7 +60,7 @@ def _features(spark: SparkSession, settings: Settings, as_of: datetime, stage: S
 
 
 def _segment(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.gold import run_segments
+    from jobs.stages.gold import run_segments
 
     result = run_segments(spark, settings, as_of)
     stage.rows_in = len(result.changes)
@@ -79,7 +79,7 @@ STAGES: tuple[tuple[str, Callable[[SparkSession, Settings, datetime, StageResult
 
 def _sync_stage(name: str) -> Callable[[SparkSession, Settings, datetime, StageResult], None]:
     def stage_fn(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-        from jobs.sync import sync
+        from jobs.stages.sync import sync
 
         result = sync(spark, settings, name)
         stage.rows_in = sum(s.adds + s.removes + s.updates for s in result.segments)

@@ -21,8 +21,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from jobs.jars import cached_delta_jars, resolve_delta_jars
-from jobs.settings import PROJECT_ROOT, conf_dir
+from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
+from jobs.runtime.settings import PROJECT_ROOT, conf_dir
 
 PACKAGES = ("jobs", "transforms")
 ENTRY_SCRIPT = '''"""spark-submit entry point of the email lakehouse (written by `lakehouse package`).

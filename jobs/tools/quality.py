@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import Row, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.tables import is_delta_table, table_path
+from jobs.runtime.tables import is_delta_table, table_path
 
 DQ_RESULTS = "ops.dq_results"
 

@@ -14,8 +14,8 @@ import functools
 import json
 import os
 
-from jobs.errors import ConfigError
-from jobs.settings import SecretsSettings
+from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import SecretsSettings
 
 
 class SecretSource:

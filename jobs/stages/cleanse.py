@@ -28,7 +28,6 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.errors import ConfigError, LakehouseError
 from jobs.rules import (
     Expectation,
     QualityRules,
@@ -37,10 +36,11 @@ from jobs.rules import (
     load_locations,
     load_quality_rules,
 )
-from jobs.runlog import JobRun, job_run, utc_now
-from jobs.settings import Settings, rules_dir
-from jobs.spark import analysis_message
-from jobs.tables import (
+from jobs.runtime.errors import ConfigError, LakehouseError
+from jobs.runtime.runlog import JobRun, job_run, utc_now
+from jobs.runtime.settings import Settings, rules_dir
+from jobs.runtime.spark import analysis_message
+from jobs.runtime.tables import (
     REGISTRY,
     append_rows,
     commit_marker,

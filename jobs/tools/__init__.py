@@ -1,0 +1,1 @@
+"""Operator commands beside the pipeline: tables, quality, privacy, maintenance, packaging, bench, demo data."""
