@@ -145,11 +145,11 @@ def _ingest(runtime: Runtime, kind: str, source: str | None) -> None:
     settings = runtime.settings
     if source is not None:
         settings.source(source, kind)  # fail on a wrong name before starting Spark
-    results = run_ingest(runtime.spark, settings, kind, source)
+    result = run_ingest(runtime.spark, settings, kind, source)
     click.echo(format_table(
-        ["source", "table", "batch", "files", "rows", "corrupt", "version", "run_id"],
-        [[r.source, r.table, r.batch_id, r.files, r.rows, r.corrupt_rows, r.table_version, r.run_id]
-         for r in results],
+        ["source", "table", "files", "rows", "corrupt", "batches", "version", "run_id"],
+        [[s["source"], s["table"], s["files"], s["rows"], s["corrupt"], s["batches"], s["version"], result.run_id]
+         for s in result.details.get("sources", [])],
     ))
 
 
@@ -181,14 +181,15 @@ def cleanse(runtime: Runtime, events_only: bool, customers_only: bool) -> None:
     from jobs.stages.cleanse import cleanse as run_cleanse
 
     both = not events_only and not customers_only
-    results = run_cleanse(runtime.spark, runtime.settings, events=both or events_only,
-                          customers=both or customers_only)
+    result = run_cleanse(runtime.spark, runtime.settings, events=both or events_only,
+                         customers=both or customers_only)
+    pipelines = result.details.get("pipelines", [])
     click.echo(format_table(
-        ["pipeline", "batch", "bronze rows", "silver", "rejected", "duplicates", "run_id"],
-        [[r.pipeline, r.batch_id, r.bronze_rows, r.silver_rows, r.rejected_rows, r.duplicates, r.run_id]
-         for r in results],
+        ["pipeline", "batches", "bronze rows", "silver", "rejected", "duplicates", "run_id"],
+        [[table, t.batches, t.bronze_rows, t.silver_rows, t.rejected_rows, t.duplicates, result.run_id]
+         for table, t in pipelines],
     ))
-    reasons = [(r.pipeline, reason, n) for r in results for reason, n in sorted(r.reasons.items())]
+    reasons = [(table, reason, n) for table, t in pipelines for reason, n in sorted(t.reasons.items())]
     if reasons:
         click.echo("")
         click.echo(format_table(["pipeline", "reason", "rows"], reasons))
@@ -229,19 +230,21 @@ AS_OF_HELP = "Compute as of this time, ISO 8601 (default: now). Windows are [as_
 @pass_runtime
 def features(runtime: Runtime, as_of: datetime | None) -> None:
     """Compute gold.customer_features, one row per customer, as of a time."""
-    from jobs.stages.gold import build_features
+    from jobs.stages.features import FEATURES, build_features
 
     result = build_features(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
-    click.echo(f"gold.customer_features version {result.version}: {result.customers:,} customers "
-               f"as of {result.as_of.isoformat()} (run {result.run_id})")
+    unchanged = result.details.get("unchanged_since")
+    note = f"; unchanged since the features as of {unchanged}: nothing written" if unchanged else ""
+    click.echo(f"{FEATURES} version {result.versions[FEATURES]}: {result.rows_out:,} customers "
+               f"as of {result.as_of.isoformat()} (run {result.run_id}){note}")
 
 
 def _print_segment_run(result: Any) -> None:
     from jobs.runtime.report import format_table
 
-    click.echo(f"gold.segment_membership version {result.version} as of {result.as_of.isoformat()} "
-               f"(rules {result.rules_hash}, run {result.run_id})")
-    click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in result.changes]))
+    click.echo(f"gold.segment_membership version {result.versions['gold.segment_membership']} as of "
+               f"{result.as_of.isoformat()} (rules {result.rules_hash}, run {result.run_id})")
+    click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in result.segments]))
 
 
 @cli.command("segment")
@@ -250,7 +253,7 @@ def _print_segment_run(result: Any) -> None:
 @pass_runtime
 def segment(runtime: Runtime, as_of: datetime | None) -> None:
     """Evaluate every segment rule and write membership as one Delta commit."""
-    from jobs.stages.gold import run_segments
+    from jobs.stages.segment import run_segments
 
     _print_segment_run(run_segments(runtime.spark, runtime.settings, as_of))
 
@@ -267,7 +270,7 @@ def segments_list(runtime: Runtime) -> None:
     from jobs.rules.segments import load_segments
     from jobs.runtime.report import format_table
     from jobs.runtime.settings import rules_dir
-    from jobs.stages.gold import latest_sizes
+    from jobs.stages.segment import latest_sizes
 
     rules = load_segments(rules_dir(runtime.settings))
     sizes = latest_sizes(runtime.spark, runtime.settings.lakehouse.root)
@@ -287,7 +290,7 @@ def segments_show(runtime: Runtime, segment_id: str, version: int | None, timest
                   limit: int) -> None:
     """Print a segment's members, now or at a past version or time."""
     from jobs.runtime.report import format_table
-    from jobs.stages.gold import membership_at
+    from jobs.stages.segment import membership_at
 
     if version is not None and timestamp is not None:
         raise OperatorError("give --version or --timestamp, not both")
@@ -306,7 +309,7 @@ def segments_show(runtime: Runtime, segment_id: str, version: int | None, timest
 @pass_runtime
 def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_version: int) -> None:
     """List who entered and who exited a segment between two versions."""
-    from jobs.stages.gold import diff
+    from jobs.stages.segment import diff
 
     entered, exited = diff(runtime.spark, runtime.settings.lakehouse.root, segment_id, from_version, to_version)
     click.echo(f"{segment_id} v{from_version} -> v{to_version}: {len(entered)} entered, {len(exited)} exited")
@@ -322,7 +325,7 @@ def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_versi
 def segments_history(runtime: Runtime, segment_id: str) -> None:
     """Print a segment's size, entries and exits over every segment run."""
     from jobs.runtime.report import format_table
-    from jobs.stages.gold import history
+    from jobs.stages.segment import history
 
     click.echo(format_table(
         ["version", "as_of", "size", "entered", "exited", "run_id"],
@@ -342,7 +345,7 @@ def rules_validate(runtime: Runtime) -> None:
     """Check every rule file, including segment SQL, without reading any data."""
     from jobs.rules import load_bot_rules, load_event_types, load_locations, load_quality_rules
     from jobs.runtime.settings import rules_dir
-    from jobs.stages.gold import validated_segments
+    from jobs.stages.segment import validated_segments
 
     folder = rules_dir(runtime.settings)
     load_event_types(folder)
@@ -363,18 +366,22 @@ def rules_validate(runtime: Runtime) -> None:
 @click.option("--as-of", "as_of", type=UtcTimestamp(), help=AS_OF_HELP)
 @click.option("--sync", "sync_to", multiple=True, metavar="DEST",
               help="Then sync the changes to this destination (repeatable), e.g. --sync file.")
+@click.option("--verbose", "-v", is_flag=True, help="Also show each stage's Spark jobs and Delta commits per table.")
 @pass_runtime
-def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...]) -> None:
+def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], verbose: bool) -> None:
     """Run ingest, cleanse, features, segment (and sync) in order in one Spark application."""
     from jobs.runtime.report import format_table
     from jobs.stages.pipeline import run_pipeline
 
     stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC), sync_to)
-    click.echo(format_table(
-        ["stage", "rows in", "rows out", "rejected", "seconds", "delta versions"],
-        [[s.stage, s.rows_in, s.rows_out, s.rejected, f"{s.seconds:.1f}",
-          ", ".join(f"{k}@{v}" for k, v in sorted(s.versions.items())) or "-"] for s in stages],
-    ))
+    headers = ["stage", "rows in", "rows out", "rejected", "seconds", "delta versions"]
+    rows = [[s.stage, s.rows_in, s.rows_out, s.rejected, f"{s.seconds:.1f}",
+             ", ".join(f"{k}@{v}" for k, v in sorted(s.versions.items())) or "-"] for s in stages]
+    if verbose:
+        headers += ["spark jobs", "commits"]
+        rows = [[*row, s.spark_jobs, ", ".join(f"{k}:{n}" for k, n in sorted(s.commits.items())) or "0"]
+                for row, s in zip(rows, stages, strict=True)]
+    click.echo(format_table(headers, rows))
     click.echo("")
     segment_stage = next(s for s in stages if s.stage == "segment")
     click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in segment_stage.segments]))
@@ -406,13 +413,14 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
     result = run_sync(runtime.spark, runtime.settings, destination_name, segment_ids, dry_run=dry_run,
                       full_refresh=full_refresh, allow_large_change=allow_large_change,
                       progress=progress if sys.stderr.isatty() else None)
-    head = "would send (dry run)" if result.dry_run else f"sent (run {result.run_id})"
-    click.echo(f"{destination_name}: membership version {result.version}, {head}")
+    plan = result.details["plan"]
+    head = "would send (dry run)" if dry_run else f"sent (run {result.run_id})"
+    click.echo(f"{destination_name}: membership version {result.details['version']}, {head}")
     click.echo(format_table(
         ["segment", "adds", "removes", "updates", "failed", "batches"],
-        [[s.segment_id, s.adds, s.removes, s.updates, s.failed, s.batches] for s in result.segments],
+        [[s.segment_id, s.adds, s.removes, s.updates, s.failed, s.batches] for s in plan],
     ))
-    for segment in result.segments:
+    for segment in plan:
         for action, rows in segment.samples.items():
             for row in rows:
                 shown = masked_row(row)  # what would be sent, without the personal data itself
@@ -437,6 +445,26 @@ def tables(runtime: Runtime, as_json: bool) -> None:
         [[s.table, s.version, s.rows, s.corrupt_rows, s.last_commit_at, s.last_run_id,
           s.last_run_status, s.path if s.exists else f"{s.path} (not created)"] for s in statuses],
     ))
+
+
+@cli.command("landed")
+@click.option("--source", "source_name", help="One source from conf/sources (default: every configured one).")
+@pass_runtime
+def landed(runtime: Runtime, source_name: str | None) -> None:
+    """List every landed file with the micro-batch and bronze version that hold its rows."""
+    from jobs.runtime.report import format_table
+    from jobs.stages.ingest import landed_files
+
+    settings = runtime.settings
+    names = [source_name] if source_name else [*settings.ingest.event_sources, *settings.ingest.crm_sources]
+    sources = []
+    for name in names:
+        if name not in settings.sources:
+            raise InputError(f"unknown source {name!r} (configured: {', '.join(sorted(settings.sources))})")
+        sources.append(settings.sources[name])
+    rows = [[f["source"], f["batch_id"], f["table"], f["version"], f["path"]]
+            for source in sources for f in landed_files(runtime.spark, settings, source)]
+    click.echo(format_table(["source", "batch", "table", "version", "file"], rows))
 
 
 # -- jars --------------------------------------------------------------------------------------

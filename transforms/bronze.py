@@ -7,20 +7,56 @@ its raw text in ``_corrupt_record`` with every other column null.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.runtime.settings import SourceSettings
+from transforms.schema import STRING_MAP, described, strings
 
 Transform = Callable[[DataFrame], DataFrame]
-STRING_MAP = T.MapType(T.StringType(), T.StringType())
+
+EVENT_COLUMNS = (
+    "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "timestamp",
+    "product_id", "url", "user_agent",
+)
+CRM_COLUMNS = (
+    "customer_id", "email", "first_name", "last_name", "birth_date", "city", "country",
+    "email_consent", "updated_at",
+)
+LANDING_METADATA = [
+    described("_rescued_data", T.StringType(), "Source fields the mapping does not name, as JSON."),
+    described("_corrupt_record", T.StringType(), "Raw text of a record that could not be parsed."),
+    described("_source", T.StringType(), "Source name, e.g. web, rees46.", nullable=False),
+    described("_source_file", T.StringType(), "The landed file.", nullable=False),
+    T.StructField("_ingested_at", T.TimestampType(), nullable=False),
+    T.StructField("_run_id", T.StringType(), nullable=False),
+]
+BRONZE_EVENTS_SCHEMA = T.StructType(
+    strings(EVENT_COLUMNS) + [T.StructField("properties", STRING_MAP)] + LANDING_METADATA)
+BRONZE_CRM_SCHEMA = T.StructType(strings(CRM_COLUMNS) + LANDING_METADATA)
 
 
-def _named_fields(source: SourceSettings) -> list[str]:
+@dataclass(frozen=True)
+class FieldMapping:
+    """How one source's fields map to a bronze table's columns (see ``conf/sources``)."""
+
+    kind: str  # events | crm
+    columns: Mapping[str, str] = field(default_factory=dict)  # bronze column -> source field
+    properties: Mapping[str, str] = field(default_factory=dict)  # properties key -> source field
+    properties_field: str | None = "properties"
+
+    def bronze_columns(self) -> tuple[str, ...]:
+        return EVENT_COLUMNS if self.kind == "events" else CRM_COLUMNS
+
+    def source_field(self, column: str) -> str:
+        return self.columns.get(column, column)
+
+
+def _named_fields(source: FieldMapping) -> list[str]:
     named = [source.source_field(c) for c in source.bronze_columns()]
     named += list(source.properties.values())
     if source.kind == "events" and source.properties_field:
@@ -36,7 +72,7 @@ def _json_or_null(entries: Column) -> Column:
     return F.when(F.size(entries) > 0, F.to_json(entries))
 
 
-def _mapped_properties(source: SourceSettings, field: Callable[[str], Column]) -> Column:
+def _mapped_properties(source: FieldMapping, field: Callable[[str], Column]) -> Column:
     """``properties`` keys named in the mapping, from top-level source fields; nulls dropped."""
     if not source.properties:
         return F.create_map().cast(STRING_MAP)
@@ -46,7 +82,7 @@ def _mapped_properties(source: SourceSettings, field: Callable[[str], Column]) -
     return F.map_filter(F.create_map(*pairs), lambda _k, v: v.isNotNull())
 
 
-def parse_json_records(source: SourceSettings) -> Transform:
+def parse_json_records(source: FieldMapping) -> Transform:
     """``value`` (one JSON object per line) -> the source's bronze columns.
 
     ====================================  ==========  =============  ===================  ===============
@@ -106,7 +142,7 @@ def parse_json_records(source: SourceSettings) -> Transform:
     return transform
 
 
-def map_csv_records(source: SourceSettings, header: Sequence[str]) -> Transform:
+def map_csv_records(source: FieldMapping, header: Sequence[str]) -> Transform:
     """Columns named by a CSV file's ``header`` -> the source's bronze columns.
 
     The reader has already split the line and put an unparseable one in ``_corrupt_record``.

@@ -5,6 +5,10 @@ Every window is half-open, ``[as_of - N days, as_of)``: an event exactly N days 
 here reads the clock. ``days_since_*`` are whole days, ``floor((as_of - t) / 24 h)``. A
 purchase's revenue is ``price * quantity`` (quantity 1 when absent); purchases are counted by
 order (``order_id``, else the event).
+
+:func:`customer_features` computes everything from all events; the jobs use the incremental
+path of :mod:`transforms.gold_state`, which gives the same rows from daily state. Both end in
+:func:`assemble_features`.
 """
 
 from __future__ import annotations
@@ -16,12 +20,27 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from transforms.schema import BOOL, INT, LONG, MONEY, STR, STRINGS, TS, fields
 from transforms.silver_customers import age_on
 
 Transform = Callable[[DataFrame], DataFrame]
 LARGEST_WINDOW_DAYS = 90
+WINDOW_DAYS = (7, 30, LARGEST_WINDOW_DAYS)
 DAY_US = 86_400_000_000
-MONEY = T.DecimalType(18, 2)
+
+CUSTOMER_FEATURES_SCHEMA = T.StructType(fields(
+    ("customer_id", STR), ("as_of", TS), ("email", STR), ("first_name", STR), ("age", INT),
+    ("city", STR), ("country", STR), ("email_consent", BOOL), ("first_seen_at", TS),
+    ("last_event_at", TS), ("days_since_last_event", INT), ("last_purchase_at", TS),
+    ("days_since_last_purchase", INT), ("events_7d", LONG), ("sessions_30d", LONG),
+    ("purchases_30d", LONG), ("purchases_90d", LONG), ("purchases_lifetime", LONG),
+    ("revenue_90d", MONEY), ("revenue_lifetime", MONEY), ("avg_order_value", MONEY),
+    ("last_viewed_product", STR), ("last_viewed_product_at", TS), ("last_viewed_category", STR),
+    ("recent_view_category", STR), ("viewed_categories_7d", STRINGS),
+    ("cart_abandoned_at", TS), ("abandoned_products", STRINGS), ("r_score", INT),
+    ("f_score", INT), ("m_score", INT), ("rfm_segment", STR),
+))
+FEATURE_COLUMNS = tuple(CUSTOMER_FEATURES_SCHEMA.fieldNames())
 
 
 def _ts(value: datetime) -> Column:
@@ -134,10 +153,39 @@ def with_rfm(df: DataFrame) -> DataFrame:
     return df.withColumn("rfm_segment", label)
 
 
+def assemble_features(as_of: datetime, activity: DataFrame, customers: DataFrame) -> DataFrame:
+    """Per-customer activity (lifetime and window columns, customers with events before
+    ``as_of``) + profiles -> one feature row per customer known from events or the CRM."""
+    profiles = customers.select(
+        "customer_id", "email", "first_name", F.col("birth_date"), "city", "country", "email_consent")
+    everyone = profiles.select("customer_id").unionByName(activity.select("customer_id")).distinct()
+    zero = ("events_7d", "sessions_30d", "purchases_30d", "purchases_90d", "purchases_lifetime")
+    joined = (
+        everyone.join(activity, "customer_id", "left")
+        .join(profiles, "customer_id", "left")
+        .fillna(0, subset=list(zero))
+        .withColumn("revenue_90d", F.coalesce("revenue_90d", F.lit(0)).cast(MONEY))
+        .withColumn("revenue_lifetime", F.coalesce("revenue_lifetime", F.lit(0)).cast(MONEY))
+        .withColumn("viewed_categories_7d", F.coalesce("viewed_categories_7d", F.array().cast(STRINGS)))
+        .withColumn("abandoned_products", F.when(F.col("cart_abandoned_at").isNotNull(),
+                                                 F.col("abandoned_products")).otherwise(F.array().cast(STRINGS)))
+        .withColumn("days_since_last_event", days_between(F.col("last_event_at"), as_of))
+        .withColumn("days_since_last_purchase", days_between(F.col("last_purchase_at"), as_of))
+        .withColumn("avg_order_value", F.when(
+            F.col("purchases_lifetime") > 0,
+            (F.col("revenue_lifetime") / F.col("purchases_lifetime")).cast(MONEY)))
+        .withColumn("age", age_on(F.col("birth_date"), F.to_date(_ts(as_of))))
+        .withColumn("email_consent", F.coalesce("email_consent", F.lit(False)))
+        .withColumn("as_of", _ts(as_of))
+    )
+    return joined.transform(with_rfm).select(*FEATURE_COLUMNS)
+
+
 def customer_features(
     as_of: datetime, abandonment_window: timedelta, recent_events: DataFrame, customers: DataFrame
 ) -> Transform:
-    """All events (lifetime) -> one feature row per customer known from events or the CRM.
+    """All events (lifetime) -> one feature row per customer known from events or the CRM: the
+    reference computation (every event read).
 
     ``recent_events`` are the events of the largest window (partition-pruned by the caller);
     ``customers`` is silver.customers.
@@ -148,46 +196,6 @@ def customer_features(
         lifetime = identified.transform(lifetime_features(as_of))
         windows = recent_events.where(F.col("customer_id").isNotNull()).transform(
             window_features(as_of, abandonment_window))
-        profiles = customers.select(
-            "customer_id", "email", "first_name", F.col("birth_date"), "city", "country", "email_consent")
-        everyone = (
-            profiles.select("customer_id")
-            .unionByName(lifetime.select("customer_id"))
-            .distinct()
-        )
-        zero = ("events_7d", "sessions_30d", "purchases_30d", "purchases_90d", "purchases_lifetime")
-        joined = (
-            everyone.join(lifetime, "customer_id", "left")
-            .join(windows, "customer_id", "left")
-            .join(profiles, "customer_id", "left")
-            .fillna(0, subset=list(zero))
-            .withColumn("revenue_90d", F.coalesce("revenue_90d", F.lit(0)).cast(MONEY))
-            .withColumn("revenue_lifetime", F.coalesce("revenue_lifetime", F.lit(0)).cast(MONEY))
-            .withColumn("viewed_categories_7d",
-                        F.coalesce("viewed_categories_7d", F.array().cast("array<string>")))
-            .withColumn("abandoned_products", F.when(F.col("cart_abandoned_at").isNotNull(),
-                                                     F.col("abandoned_products"))
-                        .otherwise(F.array().cast("array<string>")))
-            .withColumn("days_since_last_event", days_between(F.col("last_event_at"), as_of))
-            .withColumn("days_since_last_purchase", days_between(F.col("last_purchase_at"), as_of))
-            .withColumn("avg_order_value", F.when(
-                F.col("purchases_lifetime") > 0,
-                (F.col("revenue_lifetime") / F.col("purchases_lifetime")).cast(MONEY)))
-            .withColumn("age", age_on(F.col("birth_date"), F.to_date(_ts(as_of))))
-            .withColumn("email_consent", F.coalesce("email_consent", F.lit(False)))
-            .withColumn("as_of", _ts(as_of))
-        )
-        return joined.transform(with_rfm).select(*FEATURE_COLUMNS)
+        return assemble_features(as_of, lifetime.join(windows, "customer_id", "left"), customers)
 
     return transform
-
-
-FEATURE_COLUMNS = (
-    "customer_id", "as_of", "email", "first_name", "age", "city", "country", "email_consent",
-    "first_seen_at", "last_event_at", "days_since_last_event", "last_purchase_at",
-    "days_since_last_purchase", "events_7d", "sessions_30d", "purchases_30d", "purchases_90d",
-    "purchases_lifetime", "revenue_90d", "revenue_lifetime", "avg_order_value",
-    "last_viewed_product", "last_viewed_product_at", "last_viewed_category",
-    "recent_view_category", "viewed_categories_7d", "cart_abandoned_at", "abandoned_products",
-    "r_score", "f_score", "m_score", "rfm_segment",
-)

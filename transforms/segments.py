@@ -18,7 +18,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from transforms.schema import STR, TS, fields
+
 Transform = Callable[[DataFrame], DataFrame]
+SEGMENT_MEMBERSHIP_SCHEMA = T.StructType(fields(
+    ("segment_id", STR), ("customer_id", STR), ("entered_at", TS), ("as_of", TS), ("run_id", STR),
+))
 OPERATORS = ("eq", "ne", "in", "between", "gte", "lte", "contains", "is_null", "within")
 DURATION = re.compile(r"^(\d+)\s*(m|h|d)$")
 UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -166,27 +171,30 @@ def compile_condition(condition: dict[str, Any], schema: Mapping[str, T.DataType
 
 
 def members(segments: Sequence[tuple[str, Column]]) -> Transform:
-    """Features -> ``(segment_id, customer_id)`` for every customer each condition holds for."""
+    """Features -> ``(segment_id, customer_id)`` for every customer each condition holds for,
+    every segment judged in one pass over the features."""
 
     def transform(features: DataFrame) -> DataFrame:
-        empty = features.sparkSession.createDataFrame([], "segment_id string, customer_id string")
-        result = empty
-        for segment_id, condition in segments:
-            result = result.unionByName(
-                features.where(condition).select(F.lit(segment_id).alias("segment_id"), "customer_id")
-            )
-        return result
+        held = [F.when(condition, F.lit(segment_id)) for segment_id, condition in segments]
+        ids = F.array_compact(F.array(*held)) if held else F.array().cast(T.ArrayType(T.StringType()))
+        return features.select(F.explode(ids).alias("segment_id"), "customer_id")
 
     return transform
 
 
-def with_entered_at(previous: DataFrame, as_of: datetime) -> Transform:
-    """Members who were already members keep their ``entered_at``; new ones enter at ``as_of``."""
+def compare_membership(previous: DataFrame, as_of: datetime) -> Transform:
+    """Current ``(segment_id, customer_id)`` -> every pair of now or before, with ``_is`` (a member
+    now), ``_was`` (a member before) and ``entered_at``: kept by those who stay, ``as_of`` for
+    newcomers. One join gives both the new membership and its changes."""
 
     def transform(current: DataFrame) -> DataFrame:
-        before = previous.select("segment_id", "customer_id", F.col("entered_at").alias("_before"))
+        keys = ["segment_id", "customer_id"]
+        before = previous.select(*keys, F.col("entered_at").alias("_before"), F.lit(True).alias("_was"))
+        now = current.select(*keys, F.lit(True).alias("_is"))
         return (
-            current.join(before, ["segment_id", "customer_id"], "left")
+            now.join(before, keys, "full_outer")
+            .withColumn("_is", F.coalesce("_is", F.lit(False)))
+            .withColumn("_was", F.coalesce("_was", F.lit(False)))
             .withColumn("entered_at", F.coalesce("_before", F.lit(as_of).cast(T.TimestampType())))
             .drop("_before")
         )
@@ -194,14 +202,28 @@ def with_entered_at(previous: DataFrame, as_of: datetime) -> Transform:
     return transform
 
 
+def change_counts(compared: DataFrame) -> DataFrame:
+    """Per segment of :func:`compare_membership`'s output: size now, entered, exited."""
+    return compared.groupBy("segment_id").agg(
+        F.count(F.when(F.col("_is"), 1)).alias("size"),
+        F.count(F.when(F.col("_is") & ~F.col("_was"), 1)).alias("entered"),
+        F.count(F.when(F.col("_was") & ~F.col("_is"), 1)).alias("exited"),
+    )
+
+
+def with_entered_at(previous: DataFrame, as_of: datetime) -> Transform:
+    """Members who were already members keep their ``entered_at``; new ones enter at ``as_of``."""
+
+    def transform(current: DataFrame) -> DataFrame:
+        compared = current.transform(compare_membership(previous, as_of))
+        return compared.where("_is").select(*current.columns, "entered_at")
+
+    return transform
+
+
 def membership_changes(previous: DataFrame, current: DataFrame) -> DataFrame:
     """Per segment: size now, customers who entered and who exited since ``previous``."""
-    keys = ["segment_id", "customer_id"]
-    before = previous.select(*keys).withColumn("_was", F.lit(1))
-    now = current.select(*keys).withColumn("_is", F.lit(1))
-    both = before.join(now, keys, "full_outer")
-    return both.groupBy("segment_id").agg(
-        F.count("_is").alias("size"),
-        F.count(F.when(F.col("_is").isNotNull() & F.col("_was").isNull(), 1)).alias("entered"),
-        F.count(F.when(F.col("_was").isNotNull() & F.col("_is").isNull(), 1)).alias("exited"),
-    )
+    compared = current.select("segment_id", "customer_id").transform(
+        compare_membership(previous.select("segment_id", "customer_id", F.lit(None).cast("timestamp")
+                                           .alias("entered_at")), datetime(1970, 1, 1)))
+    return change_counts(compared)

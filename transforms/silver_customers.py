@@ -10,24 +10,31 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from transforms.silver_events import parse_timestamp
+from transforms.bronze import BRONZE_CRM_SCHEMA
+from transforms.schema import BOOL, DATE, INT, LONG, STR, STRINGS, TS, fields
+from transforms.silver_events import LANDING_ORDER, PROVENANCE, parse_timestamp
 
 Transform = Callable[[DataFrame], DataFrame]
 
-RAW_CRM_FIELDS = (
-    "customer_id", "email", "first_name", "last_name", "birth_date", "city", "country",
-    "email_consent", "updated_at", "_rescued_data", "_corrupt_record", "_source", "_source_file",
-    "_ingested_at",
-)
+RAW_CRM_FIELDS = tuple(f.name for f in BRONZE_CRM_SCHEMA.fields if f.name != "_run_id")
 CONTENT_FIELDS = tuple(f for f in RAW_CRM_FIELDS if f not in ("_source_file", "_ingested_at"))
 CONSENT_YES = ("true", "yes", "y", "1", "opted_in", "subscribed", "t")
 CONSENT_NO = ("false", "no", "n", "0", "opted_out", "unsubscribed", "f")
-PROFILE_COLUMNS = (
-    "customer_id", "email", "first_name", "last_name", "birth_date", "age", "city", "country",
-    "email_consent", "updated_at", "source",
+PROFILE_FIELDS = fields(
+    ("customer_id", STR), ("email", STR), ("first_name", STR), ("last_name", STR), ("birth_date", DATE),
+    ("age", INT), ("city", STR), ("country", STR), ("email_consent", BOOL), ("updated_at", TS), ("source", STR),
+)
+PROFILE_COLUMNS = tuple(f.name for f in PROFILE_FIELDS)
+CUSTOMERS_SCHEMA = T.StructType(PROFILE_FIELDS + PROVENANCE)
+CUSTOMERS_HISTORY_SCHEMA = T.StructType(PROFILE_FIELDS + fields(
+    ("valid_from", TS), ("valid_to", TS), ("is_current", BOOL),
+))
+REJECTED_CUSTOMERS_SCHEMA = T.StructType(
+    fields(("reasons", STRINGS))
+    + [T.StructField(f.name, f.dataType) for f in BRONZE_CRM_SCHEMA.fields if f.name != "_run_id"]
+    + fields(("_batch_id", LONG))
 )
 REASON_CODES = ("corrupt_record", "missing_customer_id", "invalid_updated_at", "invalid_birth_date")
-LANDING_ORDER = ("_bronze_version", "_ingested_at", "_source_file", "_content_hash")
 
 
 def _clean(column: Column) -> Column:
@@ -84,7 +91,6 @@ def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], tod
             .alias("email_consent"),
             updated_at.alias("updated_at"),
             F.col("_source").alias("source"),
-            F.col("_bronze_version"),
             F.col("_source_file"),
             F.col("_ingested_at"),
             F.sha2(content, 256).alias("_content_hash"),

@@ -4,10 +4,16 @@ The steps chain with ``df.transform`` and never drop a row: each row ends with a
 of ``silver`` (clean), ``rejected`` (``_reasons`` says why) or ``duplicate`` (an exact repeat of
 an event already kept, collapsed). The bronze record travels along untouched in ``_raw`` so a
 rejected row keeps exactly what landed. Steps only judge rows no earlier step judged, so each
-rejected row carries the reason(s) of the first step that caught it.
+rejected row carries the reason(s) of the first step that caught it; ``_judged_at`` is the
+number of that step (:data:`NOT_JUDGED` while a row is clean).
 
-Order: corrupt -> exact duplicates -> validation -> bot user agents -> bot rates -> pixel
-double-loads -> data-quality expectations.
+Order (step numbers): 1 corrupt -> 2 exact duplicates -> 3 validation -> 4 bot user agents ->
+5 bot rates -> 6 pixel double-loads -> 7 data-quality expectations.
+
+Steps 5 and 6 look at a row's neighbours in time. Rows judged in earlier batches can join them
+as *neighbours* (``_neighbour``; see :func:`as_neighbours`): they count in the windows exactly as
+they did when they were judged, so the outcome does not depend on how events were split into
+batches. A neighbour that was clean (``_in_silver``) and is now caught is a *retraction*.
 """
 
 from __future__ import annotations
@@ -20,30 +26,53 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-Transform = Callable[[DataFrame], DataFrame]
-STRING_MAP = T.MapType(T.StringType(), T.StringType())
-PRICE = T.DecimalType(18, 2)
+from transforms.bronze import BRONZE_EVENTS_SCHEMA
+from transforms.schema import DATE, INT, LONG, MONEY, STR, STRING_MAP, STRINGS, TS, fields
 
-RAW_EVENT_FIELDS = (
-    "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "timestamp",
-    "product_id", "url", "user_agent", "properties", "_rescued_data", "_corrupt_record",
-    "_source", "_source_file", "_ingested_at",
-)
+Transform = Callable[[DataFrame], DataFrame]
+PRICE = MONEY
+
+RAW_EVENT_FIELDS = tuple(f.name for f in BRONZE_EVENTS_SCHEMA.fields if f.name != "_run_id")
 CONTENT_FIELDS = tuple(f for f in RAW_EVENT_FIELDS if f not in ("_source_file", "_ingested_at"))
 PROMOTED_PROPERTIES = ("price", "quantity", "currency", "category", "order_id")
-LANDING_ORDER = ("_bronze_version", "_ingested_at", "_source_file", "_content_hash")
+# First landed wins: the earlier landing batch, then file, then (for copies in one file) content.
+LANDING_ORDER = ("_ingested_at", "_source_file", "_content_hash")
+PROVENANCE = fields(("_source_file", STR), ("_ingested_at", TS), ("_content_hash", STR), ("_batch_id", LONG))
+
+SILVER_EVENTS_SCHEMA = T.StructType(fields(
+    ("event_id", STR), ("customer_id", STR), ("anonymous_id", STR), ("session_id", STR), ("event_type", STR),
+    ("event_ts", TS), ("event_date", DATE), ("product_id", STR), ("category", STR), ("top_category", STR),
+    ("price", PRICE), ("quantity", INT), ("currency", STR), ("order_id", STR), ("url", STR),
+    ("user_agent", STR), ("source", STR), ("properties", STRING_MAP),
+) + PROVENANCE)
+SILVER_EVENT_COLUMNS = tuple(f.name for f in SILVER_EVENTS_SCHEMA.fields if not f.name.startswith("_"))
+
+REJECTED_EVENTS_SCHEMA = T.StructType(
+    fields(("event_id", STR), ("reasons", STRINGS))
+    + [T.StructField(f.name, f.dataType) for f in BRONZE_EVENTS_SCHEMA.fields if f.name not in ("event_id", "_run_id")]
+    + fields(("event_date", DATE), ("_batch_id", LONG), ("_content_hash", STR))
+)
+IDENTITY_MAP_SCHEMA = T.StructType(fields(
+    ("anonymous_id", STR), ("customer_id", STR), ("first_seen_at", TS), ("last_seen_at", TS),
+))
 
 REASON_CODES = (
     "corrupt_record", "duplicate_conflict", "invalid_timestamp", "future_timestamp",
     "unknown_event_type", "missing_identity", "invalid_price", "negative_price", "bot_user_agent",
     "bot_rate", "double_load",
 )
-
-SILVER_EVENT_COLUMNS = (
-    "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "event_ts",
-    "event_date", "product_id", "category", "top_category", "price", "quantity", "currency",
-    "order_id", "url", "user_agent", "source", "properties",
-)
+NOT_JUDGED = 99
+STEP = {"corrupt": 1, "duplicate": 2, "validation": 3, "bot_user_agent": 4, "bot_rate": 5, "double_load": 6,
+        "expectations": 7}
+REASON_STEP = {
+    "corrupt_record": STEP["corrupt"], "duplicate_conflict": STEP["duplicate"],
+    **{r: STEP["validation"] for r in ("invalid_timestamp", "future_timestamp", "unknown_event_type",
+                                       "missing_identity", "invalid_price", "negative_price")},
+    "bot_user_agent": STEP["bot_user_agent"], "bot_rate": STEP["bot_rate"], "double_load": STEP["double_load"],
+}
+# What a window rule needs to know of a row judged in an earlier batch.
+NEIGHBOUR_COLUMNS = ("event_id", "customer_id", "anonymous_id", "session_id", "event_type", "product_id", "url",
+                     "event_ts", "event_date", *LANDING_ORDER)
 
 
 def _blank_to_null(column: Column) -> Column:
@@ -113,21 +142,27 @@ def parse_events(event_types: Mapping[str, str]) -> Transform:
             F.map_filter(
                 F.map_concat(props, rescued), lambda k, _v: ~k.isin(*PROMOTED_PROPERTIES)
             ).alias("properties"),
-            F.col("_bronze_version"),
             F.col("_source_file"),
             F.col("_ingested_at"),
-            F.array().cast(T.ArrayType(T.StringType())).alias("_reasons"),
+            F.array().cast(STRINGS).alias("_reasons"),
             F.lit(False).alias("_duplicate"),
+            F.lit(NOT_JUDGED).alias("_judged_at"),
+            F.lit(False).alias("_neighbour"),
+            F.lit(False).alias("_in_silver"),
         )
 
     return transform
 
 
+def content_hash(raw: Column) -> Column:
+    """SHA-256 of what was sent (not where or when it landed) of a ``_raw`` struct."""
+    return F.sha2(F.to_json(F.struct(*[raw[f].alias(f) for f in CONTENT_FIELDS])), 256)
+
+
 def assign_event_ids(df: DataFrame) -> DataFrame:
-    """``_content_hash`` of what was sent (not where or when it landed), and ``event_id``: the
-    sent id, or ``gen-`` + the content hash for events sent without one (deterministic)."""
-    content = F.to_json(F.struct(*[F.col(f"_raw.{f}") for f in CONTENT_FIELDS]))
-    return df.withColumn("_content_hash", F.sha2(content, 256)).withColumn(
+    """``_content_hash`` of what was sent, and ``event_id``: the sent id, or ``gen-`` + the
+    content hash for events sent without one (deterministic)."""
+    return df.withColumn("_content_hash", content_hash(F.col("_raw"))).withColumn(
         "event_id",
         F.coalesce(
             _blank_to_null(F.col("_raw.event_id")),
@@ -136,17 +171,23 @@ def assign_event_ids(df: DataFrame) -> DataFrame:
     )
 
 
-def _judged() -> Column:
-    return (F.size("_reasons") > 0) | F.col("_duplicate")
+def _open(step: int) -> Column:
+    """Rows no earlier step judged: clean so far, or judged by this step or a later one."""
+    return F.col("_judged_at") >= step
 
 
-def _add_reason(condition: Column, reason: str | Column) -> Column:
+def _judge(df: DataFrame, step: int, condition: Column, reason: str | Column) -> DataFrame:
+    """Rows open at ``step`` that meet ``condition`` get ``reason`` and are judged at ``step``."""
+    caught = _open(step) & F.coalesce(condition, F.lit(False)) & (F.col("_judged_at") != step)
     reason_col = F.lit(reason) if isinstance(reason, str) else reason
-    return F.when(condition, F.array_append("_reasons", reason_col)).otherwise(F.col("_reasons"))
+    return df.withColumns({
+        "_reasons": F.when(caught, F.array_append("_reasons", reason_col)).otherwise(F.col("_reasons")),
+        "_judged_at": F.when(caught, F.lit(step)).otherwise(F.col("_judged_at")),
+    })
 
 
 def reject_corrupt(df: DataFrame) -> DataFrame:
-    return df.withColumn("_reasons", _add_reason(F.col("_raw._corrupt_record").isNotNull(), "corrupt_record"))
+    return _judge(df, STEP["corrupt"], F.col("_raw._corrupt_record").isNotNull(), "corrupt_record")
 
 
 def judged_events(kept: DataFrame | None, rejected: DataFrame | None) -> DataFrame | None:
@@ -168,39 +209,49 @@ def mark_duplicates(existing: DataFrame | None) -> Transform:
     in silver or rejected: a repeat of one of those is judged the same way, so dedup holds across
     batches and a re-delivered file cannot let through what was turned away the first time. A
     known event without a hash (rejected before hashes were kept) takes the batch's first copy's.
+    Only rows whose id repeats (in the batch or among ``existing``) go through the window.
     """
 
     def transform(df: DataFrame) -> DataFrame:
-        open_ = ~_judged()
-        first = Window.partitionBy("event_id", open_).orderBy(*LANDING_ORDER)
-        ranked = df.withColumn("_rank", F.row_number().over(first)).withColumn(
-            "_first_hash", F.first("_content_hash").over(first)
-        )
+        open_ = _open(STEP["duplicate"])
+        ids = df.where(open_).groupBy("event_id").agg(F.count(F.lit(1)).alias("_copies"))
+        repeated = ids.where(F.col("_copies") > 1).select("event_id")
+        known = None
         if existing is not None:
-            known = existing.select("event_id", F.col("_content_hash").alias("_known_hash"),
-                                    F.lit(True).alias("_known"))
-            ranked = ranked.join(known.dropDuplicates(["event_id"]), "event_id", "left")
+            known = existing.select("event_id", F.col("_content_hash").alias("_known_hash"))
+            known = known.dropDuplicates(["event_id"])
+            known_ids = ids.join(known, "event_id", "left_semi").select("event_id")
+            repeated = repeated.unionByName(known_ids).distinct()
+        repeated = repeated.withColumn("_repeated", F.lit(True))
+        marked = df.join(repeated, "event_id", "left")
+        candidates = marked.where(F.col("_repeated").isNotNull())
+        first = Window.partitionBy("event_id", open_).orderBy(*LANDING_ORDER)
+        ranked = candidates.withColumn("_rank", F.row_number().over(first)).withColumn(
+            "_first_hash", F.first("_content_hash").over(first))
+        if known is not None:
+            ranked = ranked.join(known.withColumn("_known", F.lit(True)), "event_id", "left")
         else:
-            ranked = ranked.withColumn("_known_hash", F.lit(None).cast(T.StringType())).withColumn(
-                "_known", F.lit(None).cast(T.BooleanType()))
+            ranked = ranked.withColumns({"_known_hash": F.lit(None).cast(STR), "_known": F.lit(None).cast("boolean")})
         winner_hash = F.coalesce(F.col("_known_hash"), F.col("_first_hash"))
         repeat = open_ & (F.col("_known").isNotNull() | (F.col("_rank") > 1))
         same = F.col("_content_hash") == winner_hash
-        return (
-            ranked.withColumn("_duplicate", repeat & same)
-            .withColumn("_reasons", _add_reason(repeat & ~same, "duplicate_conflict"))
-            .drop("_rank", "_first_hash", "_known_hash", "_known")
-        )
+        judged = _judge(ranked, STEP["duplicate"], repeat & ~same, "duplicate_conflict").withColumns({
+            "_duplicate": repeat & same,
+            "_judged_at": F.when(repeat & same, F.lit(STEP["duplicate"])).otherwise(F.col("_judged_at")),
+        }).drop("_rank", "_first_hash", "_known_hash", "_known")
+        rest = marked.where(F.col("_repeated").isNull())
+        return rest.unionByName(judged).drop("_repeated")
 
     return transform
 
 
 def validate_events(processed_at: datetime, max_clock_skew_minutes: float) -> Transform:
-    """Reason codes for events that cannot be trusted as sent."""
+    """Reason codes for events that cannot be trusted as sent (every one that applies)."""
     latest = F.lit(processed_at + timedelta(minutes=max_clock_skew_minutes)).cast(T.TimestampType())
 
     def transform(df: DataFrame) -> DataFrame:
-        open_ = ~_judged()
+        step = STEP["validation"]
+        open_ = _open(step) & ~F.col("_neighbour")
         price_text = _blank_to_null(F.col("_raw.properties")["price"])
         checks = [
             (F.col("event_ts").isNull(), "invalid_timestamp"),
@@ -211,33 +262,58 @@ def validate_events(processed_at: datetime, max_clock_skew_minutes: float) -> Tr
             (F.col("price") < 0, "negative_price"),
         ]
         found = F.array_compact(F.array(*[F.when(c, F.lit(r)) for c, r in checks]))
-        return df.withColumn(
-            "_reasons", F.when(open_, F.array_union("_reasons", found)).otherwise(F.col("_reasons"))
-        )
+        caught = open_ & (F.size(found) > 0)
+        return df.withColumns({
+            "_reasons": F.when(caught, F.array_union("_reasons", found)).otherwise(F.col("_reasons")),
+            "_judged_at": F.when(caught, F.lit(step)).otherwise(F.col("_judged_at")),
+        })
+
+    return transform
+
+
+def flag_bot_agents(user_agent_regex: str) -> Transform:
+    """``bot_user_agent`` for known bot signatures."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        is_bot = ~F.col("_neighbour") & F.col("user_agent").rlike(user_agent_regex)
+        return _judge(df, STEP["bot_user_agent"], is_bot, "bot_user_agent")
+
+    return transform
+
+
+def flag_bot_rate(max_events_per_minute: int) -> Transform:
+    """``bot_rate`` for every event of a session or anonymous id with more than
+    ``max_events_per_minute`` events in any 60 s window.
+
+    Only ids with more events than that in all are candidates; the sliding window runs over
+    their rows alone, and the bot ids found are joined back to every row."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        step = STEP["bot_rate"]
+        open_rows = df.where(_open(step))
+        at = F.unix_micros("event_ts")
+        caught = F.lit(False)
+        for key in ("session_id", "anonymous_id"):
+            rows = open_rows.where(F.col(key).isNotNull()).select(key, "event_ts")
+            busy = rows.groupBy(key).count().where(F.col("count") > max_events_per_minute).select(key)
+            minute = Window.partitionBy(key).orderBy(at).rangeBetween(0, 60_000_000 - 1)
+            bots = (rows.join(busy, key, "left_semi")
+                    .withColumn("_in_minute", F.count(F.lit(1)).over(minute))
+                    .groupBy(key).agg(F.max("_in_minute").alias("_busiest"))
+                    .where(F.col("_busiest") > max_events_per_minute)
+                    .select(key, F.lit(True).alias(f"_bot_{key}")))
+            df = df.join(F.broadcast(bots), key, "left")
+            caught = caught | F.col(f"_bot_{key}").isNotNull()
+        return _judge(df, step, caught, "bot_rate").drop("_bot_session_id", "_bot_anonymous_id")
 
     return transform
 
 
 def flag_bots(user_agent_regex: str, max_events_per_minute: int) -> Transform:
-    """``bot_user_agent`` for known bot signatures; ``bot_rate`` for every event of a session
-    or anonymous id with more than ``max_events_per_minute`` events in any 60 s window."""
+    """:func:`flag_bot_agents`, then :func:`flag_bot_rate`."""
 
     def transform(df: DataFrame) -> DataFrame:
-        ua_bot = ~_judged() & F.coalesce(F.col("user_agent").rlike(user_agent_regex), F.lit(False))
-        flagged = df.withColumn("_reasons", _add_reason(ua_bot, "bot_user_agent"))
-        open_ = ~_judged()
-        at = F.unix_micros("event_ts")
-        rate_bot = F.lit(False)
-        for key in ("session_id", "anonymous_id"):
-            minute = Window.partitionBy(key).orderBy(at).rangeBetween(0, 60_000_000 - 1)
-            in_minute = F.count(F.when(open_, 1)).over(minute)
-            busiest = F.max(F.when(open_, in_minute)).over(Window.partitionBy(key))
-            column = f"_busiest_{key}"
-            flagged = flagged.withColumn(column, busiest)
-            rate_bot = rate_bot | (F.col(key).isNotNull() & (F.col(column) > max_events_per_minute))
-        return flagged.withColumn("_reasons", _add_reason(open_ & rate_bot, "bot_rate")).drop(
-            "_busiest_session_id", "_busiest_anonymous_id"
-        )
+        return df.transform(flag_bot_agents(user_agent_regex)).transform(flag_bot_rate(max_events_per_minute))
 
     return transform
 
@@ -245,17 +321,21 @@ def flag_bots(user_agent_regex: str, max_events_per_minute: int) -> Transform:
 def mark_double_loads(window_seconds: float) -> Transform:
     """Pixel double-loads: an event with the same identity, type, product and url as the one
     before it, less than ``window_seconds`` later, is rejected as ``double_load`` (so a burst
-    collapses to its earliest event)."""
+    collapses to its earliest event). The window runs over a narrow projection; the ids it
+    catches are joined back."""
 
     def transform(df: DataFrame) -> DataFrame:
-        open_ = ~_judged()
-        identity = F.coalesce("customer_id", "anonymous_id")
-        same_load = Window.partitionBy(
-            open_, identity, "event_type", "product_id", "url"
-        ).orderBy("event_ts", *LANDING_ORDER)
+        step = STEP["double_load"]
+        identity = F.coalesce("customer_id", "anonymous_id").alias("_identity")
+        narrow = df.where(_open(step)).select("event_id", identity, "event_type", "product_id", "url", "event_ts",
+                                              *LANDING_ORDER)
+        same_load = Window.partitionBy("_identity", "event_type", "product_id", "url").orderBy(
+            "event_ts", *LANDING_ORDER)
         gap = F.unix_micros("event_ts") - F.unix_micros(F.lag("event_ts").over(same_load))
-        double = open_ & F.coalesce(gap < int(window_seconds * 1_000_000), F.lit(False))
-        return df.withColumn("_reasons", _add_reason(double, "double_load"))
+        doubles = narrow.where(F.col("event_ts").isNotNull()).withColumn("_gap", gap).where(
+            F.col("_gap") < int(window_seconds * 1_000_000)).select("event_id", F.lit(True).alias("_double"))
+        flagged = df.join(doubles, "event_id", "left")
+        return _judge(flagged, step, F.col("_double").isNotNull(), "double_load").drop("_double")
 
     return transform
 
@@ -266,18 +346,20 @@ def apply_expectations(expectations: Sequence[tuple[str, str, str]]) -> Transfor
     ``drop`` ones also become its reasons."""
 
     def transform(df: DataFrame) -> DataFrame:
-        open_ = ~_judged()
+        step = STEP["expectations"]
+        open_ = _open(step) & ~F.col("_neighbour")
         failed = [F.when(open_ & ~F.coalesce(F.expr(sql), F.lit(False)), F.lit(name))
                   for name, sql, _ in expectations]
         dropped = [F.when(open_ & ~F.coalesce(F.expr(sql), F.lit(False)), F.lit(name))
                    for name, sql, action in expectations if action == "drop"]
-        empty = F.array().cast(T.ArrayType(T.StringType()))
-        return df.withColumn("_dq_checked", open_).withColumn(
-            "_dq_failed", F.array_compact(F.array(*failed)) if failed else empty
-        ).withColumn(
-            "_reasons",
-            F.array_union("_reasons", F.array_compact(F.array(*dropped))) if dropped else F.col("_reasons"),
-        )
+        found = F.array_compact(F.array(*dropped)) if dropped else F.array().cast(STRINGS)
+        caught = open_ & (F.size(found) > 0)
+        return df.withColumns({
+            "_dq_checked": open_,
+            "_dq_failed": F.array_compact(F.array(*failed)) if failed else F.array().cast(STRINGS),
+            "_reasons": F.when(caught, F.array_union("_reasons", found)).otherwise(F.col("_reasons")),
+            "_judged_at": F.when(caught, F.lit(step)).otherwise(F.col("_judged_at")),
+        })
 
     return transform
 
@@ -289,6 +371,123 @@ def with_outcome(df: DataFrame) -> DataFrame:
         .when(F.size("_reasons") > 0, "rejected")
         .otherwise("silver"),
     )
+
+
+def as_neighbours(silver: DataFrame, rejected: DataFrame, expectation_names: Sequence[str]) -> DataFrame:
+    """Rows earlier batches judged, as they stood in the window rules (steps 5 and 6).
+
+    Silver rows were clean. A rejected row takes part only if it was still open at step 5: its
+    reasons come from the window rules or the expectations; it keeps them whatever happens now.
+    """
+    late = {**{r: s for r, s in REASON_STEP.items() if s >= STEP["bot_rate"]},
+            **dict.fromkeys(expectation_names, STEP["expectations"])}
+    steps = F.create_map(*[F.lit(x) for kv in sorted(late.items()) for x in kv])
+    reasons_step = F.array_min(F.transform("reasons", lambda r: F.coalesce(steps[r], F.lit(0))))
+    kept = silver.select(*NEIGHBOUR_COLUMNS, F.array().cast(STRINGS).alias("_reasons"),
+                         F.lit(NOT_JUDGED).alias("_judged_at"), F.lit(True).alias("_in_silver"))
+    turned_away = (
+        rejected.where(F.col("event_ts").isNotNull())
+        .withColumn("_judged_at", reasons_step)
+        .where(F.col("_judged_at") >= STEP["bot_rate"])
+        .select(*NEIGHBOUR_COLUMNS, F.col("reasons").alias("_reasons"), "_judged_at", F.lit(False).alias("_in_silver"))
+    )
+    return kept.unionByName(turned_away).withColumns({"_duplicate": F.lit(False), "_neighbour": F.lit(True)})
+
+
+def rejected_as_parsed(event_types: Mapping[str, str]) -> Transform:
+    """``silver.rejected_events`` rows -> the parsed columns :func:`as_neighbours` needs."""
+
+    def transform(rejected: DataFrame) -> DataFrame:
+        return rejected.select(
+            "event_id",
+            _blank_to_null(F.col("customer_id")).alias("customer_id"),
+            _blank_to_null(F.col("anonymous_id")).alias("anonymous_id"),
+            _blank_to_null(F.col("session_id")).alias("session_id"),
+            _lookup(event_types, name_key(F.col("event_type"))).alias("event_type"),
+            F.upper(_blank_to_null(F.col("product_id"))).alias("product_id"),
+            _blank_to_null(F.col("url")).alias("url"),
+            parse_timestamp(F.col("timestamp")).alias("event_ts"),
+            "event_date", *LANDING_ORDER, "reasons",
+        )
+
+    return transform
+
+
+def judge_rows(processed_at: datetime, max_clock_skew_minutes: float, user_agent_regex: str,
+               existing: DataFrame | None) -> Transform:
+    """Steps 1-4, each row on its own (and duplicates against ``existing``): parsed rows with ids
+    (:func:`parse_events`, :func:`assign_event_ids`) in, judged so far out."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return (
+            df.transform(reject_corrupt)
+            .transform(mark_duplicates(existing))
+            .transform(validate_events(processed_at, max_clock_skew_minutes))
+            .transform(flag_bot_agents(user_agent_regex))
+        )
+
+    return transform
+
+
+def judge_windows(max_events_per_minute: int, double_load_window_seconds: float,
+                  expectations: Sequence[tuple[str, str, str]]) -> Transform:
+    """Steps 5-7 and the ``_outcome``: the window rules over the rows (and any neighbours joined
+    to them, see :func:`as_neighbours`), then the expectations. Each window rule reads its input
+    twice (candidates, then the join back): callers with a long lineage checkpoint it first."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return (
+            df.transform(flag_bot_rate(max_events_per_minute))
+            .transform(mark_double_loads(double_load_window_seconds))
+            .transform(apply_expectations(expectations))
+            .transform(with_outcome)
+        )
+
+    return transform
+
+
+def judge_events(
+    processed_at: datetime,
+    max_clock_skew_minutes: float,
+    user_agent_regex: str,
+    max_events_per_minute: int,
+    double_load_window_seconds: float,
+    expectations: Sequence[tuple[str, str, str]],
+    existing: DataFrame | None,
+    neighbours: DataFrame | None = None,
+) -> Transform:
+    """Parsed rows with ids -> every row with its ``_outcome``: :func:`judge_rows`, then
+    :func:`judge_windows`; with ``neighbours`` (:func:`as_neighbours`), their rows come out too,
+    marked ``_neighbour``."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        judged = df.transform(judge_rows(processed_at, max_clock_skew_minutes, user_agent_regex, existing))
+        if neighbours is not None:
+            judged = judged.unionByName(neighbours, allowMissingColumns=True)
+        return judged.transform(judge_windows(max_events_per_minute, double_load_window_seconds, expectations))
+
+    return transform
+
+
+def classify_events(
+    event_types: Mapping[str, str],
+    processed_at: datetime,
+    max_clock_skew_minutes: float,
+    user_agent_regex: str,
+    max_events_per_minute: int,
+    double_load_window_seconds: float,
+    expectations: Sequence[tuple[str, str, str]],
+    existing: DataFrame | None,
+    neighbours: DataFrame | None = None,
+) -> Transform:
+    """The whole chain, bronze rows in, every row out with its ``_outcome``."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.transform(parse_events(event_types)).transform(assign_event_ids).transform(judge_events(
+            processed_at, max_clock_skew_minutes, user_agent_regex, max_events_per_minute,
+            double_load_window_seconds, expectations, existing, neighbours))
+
+    return transform
 
 
 def identity_pairs(events: DataFrame) -> DataFrame:
@@ -315,34 +514,6 @@ def stitch_identities(identity_map: DataFrame) -> Transform:
             df.join(mapping, "anonymous_id", "left")
             .withColumn("customer_id", F.coalesce("customer_id", "_mapped_customer"))
             .drop("_mapped_customer")
-        )
-
-    return transform
-
-
-def classify_events(
-    event_types: Mapping[str, str],
-    processed_at: datetime,
-    max_clock_skew_minutes: float,
-    user_agent_regex: str,
-    max_events_per_minute: int,
-    double_load_window_seconds: float,
-    expectations: Sequence[tuple[str, str, str]],
-    existing: DataFrame | None,
-) -> Transform:
-    """The whole chain, bronze rows in, every row out with its ``_outcome``."""
-
-    def transform(df: DataFrame) -> DataFrame:
-        return (
-            df.transform(parse_events(event_types))
-            .transform(assign_event_ids)
-            .transform(reject_corrupt)
-            .transform(mark_duplicates(existing))
-            .transform(validate_events(processed_at, max_clock_skew_minutes))
-            .transform(flag_bots(user_agent_regex, max_events_per_minute))
-            .transform(mark_double_loads(double_load_window_seconds))
-            .transform(apply_expectations(expectations))
-            .transform(with_outcome)
         )
 
     return transform

@@ -13,8 +13,22 @@ from collections.abc import Callable
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from transforms.schema import LONG, STR, TS, fields
 
 Transform = Callable[[DataFrame], DataFrame]
+SYNC_LEDGER_SCHEMA = T.StructType(fields(
+    ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("action", STR), ("attr_hash", STR),
+    ("status", STR), ("error", STR), ("batch_key", STR), ("batch_no", LONG), ("batch_seq", LONG), ("seq", LONG),
+    ("attempts", LONG), ("http_status", LONG), ("seconds", T.DoubleType()), ("membership_version", LONG),
+    ("run_id", STR), ("delivered_at", TS),
+))
+SYNC_STATE_SCHEMA = T.StructType(fields(
+    ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("attr_hash", STR), ("delivered_at", TS),
+    ("through_batch_seq", LONG),
+))
+ACKNOWLEDGED, REFUSED = "acknowledged", "refused"
 TEMPLATE_FIELDS = (
     "email", "first_name", "last_viewed_product", "last_viewed_category", "abandoned_products", "rfm_segment",
 )
@@ -36,13 +50,21 @@ def desired_members(features: DataFrame) -> Transform:
     return transform
 
 
-def delivered_members(ledger: DataFrame) -> DataFrame:
-    """The ledger's latest acknowledged action per segment and customer, unless a remove."""
-    latest = Window.partitionBy("segment_id", "customer_id").orderBy(F.desc("delivered_at"), F.desc("seq"))
+def delivered_members(state: DataFrame, ledger_tail: DataFrame) -> DataFrame:
+    """What a destination holds: its compact state (``ops.sync_state``) with the changes it
+    acknowledged since (the ledger's batches after ``through_batch_seq``) applied in order; a
+    customer whose latest change is a remove is not there."""
+    keys = ["segment_id", "customer_id"]
+    held = state.where(F.col("customer_id").isNotNull()).select(
+        *keys, F.lit("add").alias("action"), "attr_hash", F.lit(-1).cast("long").alias("batch_seq"),
+        F.lit(-1).cast("long").alias("seq"))
+    since = ledger_tail.where(F.col("status") == ACKNOWLEDGED).select(*keys, "action", "attr_hash", "batch_seq", "seq")
+    latest = Window.partitionBy(*keys).orderBy(F.desc("batch_seq"), F.desc("seq"))
     return (
-        ledger.withColumn("_rank", F.row_number().over(latest))
+        held.unionByName(since)
+        .withColumn("_rank", F.row_number().over(latest))
         .where((F.col("_rank") == 1) & (F.col("action") != "remove"))
-        .select("segment_id", "customer_id", "attr_hash")
+        .select(*keys, "attr_hash")
     )
 
 

@@ -82,3 +82,23 @@ def read_first_line(spark: SparkSession, path: str) -> str:
     finally:
         stream.close()
     return (line or "").lstrip("\ufeff")
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    """A small text file (a Delta commit, a checkpoint entry), whole."""
+    jvm = spark.sparkContext._jvm
+    fs, hadoop_path = _hadoop_path(spark, path)
+    stream = fs.open(hadoop_path)
+    try:
+        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+    finally:
+        stream.close()
+    return bytes(data).decode("utf-8")
+
+
+def list_names(spark: SparkSession, folder: str) -> list[str]:
+    """Names of the entries directly in ``folder`` (none when it does not exist)."""
+    fs, hadoop_path = _hadoop_path(spark, folder)
+    if not fs.exists(hadoop_path):
+        return []
+    return sorted(status.getPath().getName() for status in fs.listStatus(hadoop_path))

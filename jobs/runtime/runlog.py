@@ -1,17 +1,28 @@
-"""``ops.job_runs``: one row per job run, written when it starts and completed when it ends."""
+"""What every command records about itself, in one commit: ``ops.job_runs``.
+
+A command is a :class:`Run` made of stages (``ingest``, ``cleanse``, ``features``, ``segment``,
+``sync:<destination>``, ...). Each stage is a :class:`StageResult`: rows in and out, seconds, the
+Spark jobs it ran (counted by a job tag, which the jobs of its streaming queries inherit), the
+Delta commits it made per table (counted by the write functions of :mod:`jobs.runtime.tables`),
+data-quality results, segment and sync summaries. When the command ends — succeeded or failed
+— all its rows are appended to ``ops.job_runs`` in a single commit; ``ops.dq_results`` and
+``ops.segment_runs`` are views of them.
+"""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pyspark.sql import SparkSession
 
 from jobs.runtime.pii import mask
-from jobs.runtime.tables import append_rows
 
 JOB_RUNS = "ops.job_runs"
 
@@ -26,55 +37,147 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-@dataclass
-class JobRun:
-    run_id: str
-    job: str
-    env: str
-    started_at: datetime
-    ended_at: datetime | None = None
-    status: str = "running"  # until recorded: succeeded | failed
-    rows_in: int = 0
-    rows_out: int = 0
-    rows_rejected: int = 0
-    delta_versions: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-
-    def as_row(self) -> tuple:
-        return (
-            self.run_id, self.job, self.env, self.started_at, self.ended_at, self.status,
-            self.rows_in, self.rows_out, self.rows_rejected, dict(self.delta_versions),
-            dict(self.metrics), self.error,
-        )
-
-
 def one_line(exc: BaseException, limit: int = 2000) -> str:
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _record(spark: SparkSession, root: str, run: JobRun) -> None:
-    append_rows(spark, root, JOB_RUNS, [run.as_row()])
+@dataclass
+class StageResult:
+    """One stage of a command: what went in and out, what it cost, what it decided."""
+
+    stage: str
+    run_id: str
+    started_at: datetime = field(default_factory=utc_now)
+    ended_at: datetime | None = None
+    status: str = "running"  # until the stage ends: succeeded | failed
+    rows_in: int = 0
+    rows_out: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    spark_jobs: int = 0
+    commits: Counter = field(default_factory=Counter)  # table -> Delta commits made
+    versions: dict[str, int] = field(default_factory=dict)  # table -> version after the stage
+    metrics: dict[str, int] = field(default_factory=dict)
+    dq: list[tuple[str, str, str, str, int, int]] = field(default_factory=list)
+    segments: list[tuple[str, int, int, int]] = field(default_factory=list)  # id, size, entered, exited
+    sync: list[tuple[str, int, int, int, int, int, int | None]] = field(default_factory=list)
+    as_of: datetime | None = None
+    rules_hash: str | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # for the terminal, not stored
+
+    @property
+    def data_commits(self) -> int:
+        return sum(n for table, n in self.commits.items() if not table.startswith("ops."))
+
+    def as_row(self, job: str | None, env: str) -> tuple:
+        return (
+            self.run_id, job or self.stage, env, self.started_at, self.ended_at, self.status, self.rows_in,
+            self.rows_out, self.rejected, dict(self.versions), dict(self.metrics), self.error,
+            round(self.seconds, 3), self.spark_jobs, dict(self.commits), self.as_of, self.rules_hash,
+            [tuple(d) for d in self.dq], [tuple(s) for s in self.segments], [tuple(s) for s in self.sync],
+        )
+
+
+_ACTIVE: list[StageResult] = []
+
+
+def note_commit(table: str, count: int = 1) -> None:
+    """A write made ``count`` commits to ``table``: charged to the stage running now, if any.
+    (Stream micro-batches run on another thread; a process runs one stage at a time.)"""
+    if _ACTIVE:
+        _ACTIVE[-1].commits[table] += count
+
+
+def _jobs_tagged(spark: SparkSession, tag: str) -> int:
+    tracker = spark.sparkContext._jsc.sc().statusTracker()  # type: ignore[union-attr]
+    return len(tracker.getJobIdsForTag(tag))
+
+
+@dataclass
+class Run:
+    """A command: its stages, recorded together when it ends."""
+
+    spark: SparkSession
+    root: str
+    job: str
+    env: str
+    run_id: str = field(default_factory=new_run_id)
+    stages: list[StageResult] = field(default_factory=list)
+    started_at: datetime = field(default_factory=utc_now)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[StageResult]:
+        """Time a stage, count its Spark jobs and commits; a failure marks it failed and propagates."""
+        result = StageResult(name, self.run_id)
+        self.stages.append(result)
+        sc = self.spark.sparkContext
+        tag = f"lakehouse-{self.run_id}-{len(self.stages)}"
+        sc.addJobTag(tag)
+        _ACTIVE.append(result)
+        started = time.perf_counter()
+        try:
+            yield result
+            result.status = "succeeded"
+        except BaseException as exc:
+            result.status, result.error = "failed", mask(one_line(exc))
+            raise
+        finally:
+            _ACTIVE.pop()
+            sc.removeJobTag(tag)
+            result.seconds = time.perf_counter() - started
+            result.ended_at = utc_now()
+            result.spark_jobs = _jobs_tagged(self.spark, tag)
+
+    def rows(self, failure: BaseException | None) -> list[tuple]:
+        rows = [s.as_row(None, self.env) for s in self.stages]
+        if len(self.stages) == 1 and self.stages[0].stage == self.job:
+            return rows
+        total = StageResult(self.job, self.run_id, started_at=self.started_at, ended_at=utc_now(),
+                            status="failed" if failure else "succeeded")
+        total.error = mask(one_line(failure)) if failure else None
+        total.seconds = sum(s.seconds for s in self.stages)
+        total.spark_jobs = sum(s.spark_jobs for s in self.stages)
+        for s in self.stages:
+            total.commits.update(s.commits)
+            total.versions.update(s.versions)
+            total.rejected += s.rejected
+        if self.stages:
+            total.rows_in = self.stages[0].rows_in
+            total.rows_out = self.stages[-1].rows_out
+        total.metrics = {f"ms.{s.stage}": int(s.seconds * 1000) for s in self.stages}
+        return [*rows, total.as_row(self.job, self.env)]
 
 
 @contextmanager
-def job_run(
-    spark: SparkSession, root: str, job: str, env: str, run_id: str | None = None
-) -> Iterator[JobRun]:
-    """Record a run in ``ops.job_runs`` when it ends, ``succeeded`` or ``failed``.
+def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | None = None) -> Iterator[Run]:
+    """A command's :class:`Run`; its rows are appended to ``ops.job_runs`` in one commit when it
+    ends, whether it succeeded or failed (a driver killed outright records nothing here, but
+    every data commit it made carries its run id)."""
+    from jobs.runtime.tables import append_rows
 
-    The body fills in rows and versions on the yielded :class:`JobRun`; an exception marks the
-    run failed with its one-line message and propagates. The table is append-only (a row is
-    one cheap commit); a driver killed outright records nothing here, but every Delta commit
-    the run made carries its run id in the commit's ``userMetadata``.
-    """
-    run = JobRun(run_id=run_id or new_run_id(), job=job, env=env, started_at=utc_now())
+    run = Run(spark, root, job, env, **({"run_id": run_id} if run_id else {}))
+    failure: BaseException | None = None
     try:
         yield run
     except BaseException as exc:
-        run.status, run.error, run.ended_at = "failed", mask(one_line(exc)), utc_now()
-        _record(spark, root, run)
+        failure = exc
         raise
-    run.status, run.ended_at = "succeeded", utc_now()
-    _record(spark, root, run)
+    finally:
+        append_rows(spark, root, JOB_RUNS, run.rows(failure))
+
+
+@contextmanager
+def job_run(spark: SparkSession, root: str, job: str, env: str) -> Iterator[StageResult]:
+    """A command of one stage named ``job``: :func:`recorded` and :meth:`Run.stage` in one."""
+    with recorded(spark, root, job, env) as run, run.stage(job) as stage:
+        yield stage
+
+
+def run_stage(spark: SparkSession, root: str, env: str, name: str,
+              body: Callable[[StageResult], object]) -> StageResult:
+    """A command of one stage: ``body(stage)`` recorded as one ``ops.job_runs`` row."""
+    with recorded(spark, root, name, env) as run, run.stage(name) as stage:
+        body(stage)
+    return stage

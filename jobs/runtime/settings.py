@@ -20,19 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.runtime.errors import ConfigError
+from transforms.bronze import CRM_COLUMNS, EVENT_COLUMNS, FieldMapping
 
 DEFAULT_ENV = "local"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-EVENT_COLUMNS = (
-    "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "timestamp",
-    "product_id", "url", "user_agent",
-)
-CRM_COLUMNS = (
-    "customer_id", "email", "first_name", "last_name", "birth_date", "city", "country",
-    "email_consent", "updated_at",
-)
 
 
 class Frozen(BaseModel):
@@ -78,12 +70,18 @@ class SparkSettings(Frozen):
         default="default", description="'test' adds the fast single-core test confs."
     )
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    ui: bool = Field(default=False, description="Start the Spark web UI (off: it costs every local run).")
     conf: dict[str, SparkConfValue] = Field(default_factory=dict)
 
 
 class IngestSettings(Frozen):
     event_sources: tuple[str, ...] = ("web",)
     crm_sources: tuple[str, ...] = ("crm",)
+    max_files_per_batch: int = Field(default=1000, gt=0, description="Files landed per micro-batch at most.")
+    max_file_age: str = Field(
+        default="3650d", pattern=r"^\d+\s*[a-z]+$",
+        description="A file older than the newest seen by more than this is ignored (Spark's maxFileAge): "
+                    "long, so a late file with an old modification time still lands.")
 
 
 class CleanseSettings(Frozen):
@@ -96,6 +94,12 @@ class CleanseSettings(Frozen):
     max_clock_skew_minutes: float = Field(
         default=10.0, ge=0, description="Events later than processing time plus this are rejected."
     )
+    duplicate_lookback_days: int = Field(
+        default=1, ge=1, description="A repeated event id is looked for this many days either side of its "
+                                     "date (a repeat whose time moved further is judged on its own).")
+    stitch_lookback_days: int = Field(
+        default=30, ge=0, description="When a device logs in, its anonymous events of this many days before "
+                                      "the batch get the customer id too.")
 
 
 class GoldSettings(Frozen):
@@ -240,6 +244,8 @@ class SyncSettings(Frozen):
         description="A run removing more than this share of a segment's synced members stops first.",
     )
     sample_rows: int = Field(default=3, ge=0, description="Sample rows per change kind in --dry-run.")
+    fold_after_batches: int = Field(
+        default=50, ge=1, description="Ledger batches after which a sync folds them into ops.sync_state.")
 
 
 class SourceSettings(Frozen):
@@ -274,11 +280,8 @@ class SourceSettings(Frozen):
             )
         return columns
 
-    def bronze_columns(self) -> tuple[str, ...]:
-        return EVENT_COLUMNS if self.kind == "events" else CRM_COLUMNS
-
-    def source_field(self, column: str) -> str:
-        return self.columns.get(column, column)
+    def mapping(self) -> FieldMapping:
+        return FieldMapping(self.kind, dict(self.columns), dict(self.properties), self.properties_field)
 
 
 class Settings(Frozen):

@@ -26,6 +26,11 @@ BASE_CONFS: dict[str, str] = {
     # Every timestamp the suite stores or prints is UTC, whatever the machine's zone.
     "spark.sql.session.timeZone": "UTC",
     "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    # Small Delta logs: reconstructing a snapshot over Spark's default 50 partitions costs seconds.
+    "spark.databricks.delta.snapshotPartitions": "4",
+    "spark.sql.streaming.ui.enabled": "false",
     "spark.sql.debug.maxToStringFields": "200",
     # A JSON object with a repeated key keeps the last value instead of failing the batch.
     "spark.sql.mapKeyDedupPolicy": "LAST_WIN",
@@ -68,7 +73,7 @@ def _text(value: SparkConfValue) -> str:
 
 def session_confs(settings: SparkSettings) -> dict[str, str]:
     """Every conf the builder gets: Delta, base, the profile's, then the user's (which win)."""
-    confs = {**DELTA_CONFS, **BASE_CONFS}
+    confs = {**DELTA_CONFS, **BASE_CONFS, "spark.ui.enabled": _text(settings.ui)}
     if settings.profile == "test":
         confs.update(TEST_PROFILE_CONFS)
     confs.update({key: _text(value) for key, value in settings.conf.items()})

@@ -1,189 +1,69 @@
-"""The table registry: every table's logical name, path, schema, partitioning and properties.
+"""The table registry: every table's logical name, path, schema, partitioning and properties,
+and the only functions that write them.
 
 A table ``layer.name`` lives at ``{lakehouse.root}/{layer}/{name}`` as a path-based Delta table,
-so any Delta reader (a notebook, another engine) finds it without a metastore.
+so any Delta reader (a notebook, another engine) finds it without a metastore. Schemas are
+declared once, in the transforms module that fills the table, and imported here. A few ``ops``
+names are *views*: read-only frames computed from the tables that hold their rows.
+
+Every write goes through :func:`append`, :func:`overwrite` or :func:`merge`, which count the
+commits they make for the stage being recorded (see :mod:`jobs.runtime.runlog`) and return the
+rows written as the write itself reports them (an ``Observation`` or the MERGE's own metrics).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs.runtime import runlog
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.settings import CRM_COLUMNS, EVENT_COLUMNS
+from transforms.bronze import BRONZE_CRM_SCHEMA, BRONZE_EVENTS_SCHEMA
+from transforms.gold_features import CUSTOMER_FEATURES_SCHEMA
+from transforms.gold_state import CUSTOMER_DAILY_SCHEMA
+from transforms.schema import LONG, STR, STRINGS, TS, fields
+from transforms.segments import SEGMENT_MEMBERSHIP_SCHEMA
+from transforms.silver_customers import CUSTOMERS_HISTORY_SCHEMA, CUSTOMERS_SCHEMA, REJECTED_CUSTOMERS_SCHEMA
+from transforms.silver_events import IDENTITY_MAP_SCHEMA, REJECTED_EVENTS_SCHEMA, SILVER_EVENTS_SCHEMA
+from transforms.sync import SYNC_LEDGER_SCHEMA, SYNC_STATE_SCHEMA
 
-
-def _described(name: str, data_type: T.DataType, comment: str, nullable: bool = True) -> T.StructField:
-    return T.StructField(name, data_type, nullable, metadata={"comment": comment})
-
-
-LANDING_METADATA = [
-    _described("_rescued_data", T.StringType(), "Source fields the mapping does not name, as JSON."),
-    _described("_corrupt_record", T.StringType(), "Raw text of a record that could not be parsed."),
-    _described("_source", T.StringType(), "Source name, e.g. web, rees46.", nullable=False),
-    _described("_source_file", T.StringType(), "The landed file.", nullable=False),
-    T.StructField("_ingested_at", T.TimestampType(), nullable=False),
-    T.StructField("_run_id", T.StringType(), nullable=False),
-]
-
-
-def _strings(names: tuple[str, ...]) -> list[T.StructField]:
-    return [T.StructField(name, T.StringType()) for name in names]
-
-
-BRONZE_EVENTS_SCHEMA = T.StructType(
-    _strings(EVENT_COLUMNS)
-    + [T.StructField("properties", T.MapType(T.StringType(), T.StringType()))]
-    + LANDING_METADATA
-)
-
-BRONZE_CRM_SCHEMA = T.StructType(_strings(CRM_COLUMNS) + LANDING_METADATA)
-
+DQ_RESULT = T.StructType(fields(
+    ("table", STR), ("expectation", STR), ("action", STR), ("expression", STR), ("failed_rows", LONG),
+    ("checked_rows", LONG),
+))
+SEGMENT_CHANGE = T.StructType(fields(("segment_id", STR), ("size", LONG), ("entered", LONG), ("exited", LONG)))
+SEGMENT_SYNC = T.StructType(fields(
+    ("segment_id", STR), ("adds", LONG), ("removes", LONG), ("updates", LONG), ("failed", LONG), ("batches", LONG),
+    ("synced_version", LONG),
+))
 JOB_RUNS_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType(), nullable=False),
-    T.StructField("job", T.StringType(), nullable=False),
-    T.StructField("env", T.StringType()),
-    T.StructField("started_at", T.TimestampType(), nullable=False),
-    T.StructField("ended_at", T.TimestampType()),
-    T.StructField("status", T.StringType(), nullable=False),
-    T.StructField("rows_in", T.LongType()),
-    T.StructField("rows_out", T.LongType()),
-    T.StructField("rows_rejected", T.LongType()),
-    T.StructField("delta_versions", T.MapType(T.StringType(), T.LongType())),
-    T.StructField("metrics", T.MapType(T.StringType(), T.LongType())),
-    T.StructField("error", T.StringType()),
+    T.StructField("run_id", STR, nullable=False),
+    T.StructField("job", STR, nullable=False),
+    *fields(("env", STR)),
+    T.StructField("started_at", TS, nullable=False),
+    *fields(("ended_at", TS)),
+    T.StructField("status", STR, nullable=False),
+    *fields(
+        ("rows_in", LONG), ("rows_out", LONG), ("rows_rejected", LONG),
+        ("delta_versions", T.MapType(STR, LONG)), ("metrics", T.MapType(STR, LONG)), ("error", STR),
+        ("seconds", T.DoubleType()), ("spark_jobs", LONG), ("commits", T.MapType(STR, LONG)), ("as_of", TS),
+        ("rules_hash", STR), ("dq", T.ArrayType(DQ_RESULT)), ("segments", T.ArrayType(SEGMENT_CHANGE)),
+        ("sync", T.ArrayType(SEGMENT_SYNC)),
+    ),
 ])
-
-LANDED_FILES_SCHEMA = T.StructType([
-    T.StructField("source", T.StringType(), nullable=False),
-    T.StructField("batch_id", T.LongType(), nullable=False),
-    T.StructField("path", T.StringType(), nullable=False),
-    T.StructField("size", T.LongType()),
-    T.StructField("modified_at", T.TimestampType()),
-    _described("status", T.StringType(), "planned, then committed once bronze holds the batch.",
-               nullable=False),
-    T.StructField("table", T.StringType(), nullable=False),
-    _described("table_version", T.LongType(), "The bronze version that holds the file's rows."),
-    T.StructField("run_id", T.StringType(), nullable=False),
-    T.StructField("recorded_at", T.TimestampType(), nullable=False),
-])
-
-
-def _fields(*specs: tuple[str, T.DataType]) -> list[T.StructField]:
-    return [T.StructField(name, data_type) for name, data_type in specs]
-
-
-STRING_MAP = T.MapType(T.StringType(), T.StringType())
-REASONS = T.ArrayType(T.StringType())
-PRICE = T.DecimalType(18, 2)
-
-SILVER_EVENTS_SCHEMA = T.StructType(_fields(
-    ("event_id", T.StringType()), ("customer_id", T.StringType()), ("anonymous_id", T.StringType()),
-    ("session_id", T.StringType()), ("event_type", T.StringType()), ("event_ts", T.TimestampType()),
-    ("event_date", T.DateType()), ("product_id", T.StringType()), ("category", T.StringType()),
-    ("top_category", T.StringType()), ("price", PRICE), ("quantity", T.IntegerType()),
-    ("currency", T.StringType()), ("order_id", T.StringType()), ("url", T.StringType()),
-    ("user_agent", T.StringType()), ("source", T.StringType()), ("properties", STRING_MAP),
-    ("_source_file", T.StringType()), ("_ingested_at", T.TimestampType()),
-    ("_bronze_version", T.LongType()), ("_content_hash", T.StringType()), ("_batch_id", T.LongType()),
-))
-
-_RAW_EVENT = [f for f in BRONZE_EVENTS_SCHEMA.fields if f.name not in ("event_id", "_run_id")]
-REJECTED_EVENTS_SCHEMA = T.StructType(
-    _fields(("event_id", T.StringType()), ("reasons", REASONS))
-    + [T.StructField(f.name, f.dataType) for f in _RAW_EVENT]
-    + _fields(("_bronze_version", T.LongType()), ("_batch_id", T.LongType()), ("_content_hash", T.StringType()))
-)
-
-IDENTITY_MAP_SCHEMA = T.StructType(_fields(
-    ("anonymous_id", T.StringType()), ("customer_id", T.StringType()),
-    ("first_seen_at", T.TimestampType()), ("last_seen_at", T.TimestampType()),
-))
-
-PROFILE_FIELDS = _fields(
-    ("customer_id", T.StringType()), ("email", T.StringType()), ("first_name", T.StringType()),
-    ("last_name", T.StringType()), ("birth_date", T.DateType()), ("age", T.IntegerType()),
-    ("city", T.StringType()), ("country", T.StringType()), ("email_consent", T.BooleanType()),
-    ("updated_at", T.TimestampType()), ("source", T.StringType()),
-)
-CUSTOMERS_SCHEMA = T.StructType(PROFILE_FIELDS + _fields(
-    ("_source_file", T.StringType()), ("_ingested_at", T.TimestampType()),
-    ("_bronze_version", T.LongType()), ("_content_hash", T.StringType()), ("_batch_id", T.LongType()),
-))
-CUSTOMERS_HISTORY_SCHEMA = T.StructType(PROFILE_FIELDS + _fields(
-    ("valid_from", T.TimestampType()), ("valid_to", T.TimestampType()), ("is_current", T.BooleanType()),
-))
-_RAW_CRM = [f for f in BRONZE_CRM_SCHEMA.fields if f.name not in ("_run_id",)]
-REJECTED_CUSTOMERS_SCHEMA = T.StructType(
-    _fields(("reasons", REASONS))
-    + [T.StructField(f.name, f.dataType) for f in _RAW_CRM]
-    + _fields(("_bronze_version", T.LongType()), ("_batch_id", T.LongType()))
-)
-
-DQ_RESULTS_SCHEMA = T.StructType(_fields(
-    ("run_id", T.StringType()), ("batch_id", T.LongType()), ("table", T.StringType()),
-    ("expectation", T.StringType()), ("action", T.StringType()), ("expression", T.StringType()),
-    ("failed_rows", T.LongType()), ("checked_rows", T.LongType()), ("evaluated_at", T.TimestampType()),
-))
-
-CLEANSE_BATCHES_SCHEMA = T.StructType(_fields(
-    ("pipeline", T.StringType()), ("batch_id", T.LongType()), ("source_table", T.StringType()),
-    ("start_version", T.LongType()), ("end_version", T.LongType()),
-    ("target_version", T.LongType()), ("processed_at", T.TimestampType()),
-    ("status", T.StringType()), ("run_id", T.StringType()), ("recorded_at", T.TimestampType()),
-))
-
-TS, LONG, INT, STR = T.TimestampType(), T.LongType(), T.IntegerType(), T.StringType()
-MONEY = T.DecimalType(18, 2)
-CUSTOMER_FEATURES_SCHEMA = T.StructType(_fields(
-    ("customer_id", STR), ("as_of", TS), ("email", STR), ("first_name", STR), ("age", INT),
-    ("city", STR), ("country", STR), ("email_consent", T.BooleanType()), ("first_seen_at", TS),
-    ("last_event_at", TS), ("days_since_last_event", INT), ("last_purchase_at", TS),
-    ("days_since_last_purchase", INT), ("events_7d", LONG), ("sessions_30d", LONG),
-    ("purchases_30d", LONG), ("purchases_90d", LONG), ("purchases_lifetime", LONG),
-    ("revenue_90d", MONEY), ("revenue_lifetime", MONEY), ("avg_order_value", MONEY),
-    ("last_viewed_product", STR), ("last_viewed_product_at", TS), ("last_viewed_category", STR),
-    ("recent_view_category", STR), ("viewed_categories_7d", T.ArrayType(STR)),
-    ("cart_abandoned_at", TS), ("abandoned_products", T.ArrayType(STR)), ("r_score", INT),
-    ("f_score", INT), ("m_score", INT), ("rfm_segment", STR),
-))
-SEGMENT_MEMBERSHIP_SCHEMA = T.StructType(_fields(
-    ("segment_id", STR), ("customer_id", STR), ("entered_at", TS), ("as_of", TS), ("run_id", STR),
-))
-SEGMENT_RUNS_SCHEMA = T.StructType(_fields(
-    ("run_id", STR), ("as_of", TS), ("delta_version", LONG), ("rules_hash", STR),
-    ("segment_id", STR), ("size", LONG), ("entered", LONG), ("exited", LONG), ("recorded_at", TS),
-))
-SYNC_LEDGER_SCHEMA = T.StructType(_fields(
-    ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("action", STR),
-    ("attr_hash", STR), ("batch_key", STR), ("run_id", STR), ("delivered_at", TS), ("seq", LONG),
-))
-SYNC_STATE_SCHEMA = T.StructType(_fields(
-    ("destination", STR), ("segment_id", STR), ("synced_version", LONG), ("run_id", STR),
-    ("adds", LONG), ("removes", LONG), ("updates", LONG), ("failed", LONG), ("updated_at", TS),
-))
-SYNC_LOG_SCHEMA = T.StructType(_fields(
-    ("destination", STR), ("segment_id", STR), ("run_id", STR), ("from_version", LONG),
-    ("to_version", LONG), ("batch_no", LONG), ("idempotency_key", STR), ("rows", LONG),
-    ("attempts", LONG), ("http_status", LONG), ("status", STR), ("seconds", T.DoubleType()),
-    ("sent_at", TS),
-))
-SYNC_FAILURES_SCHEMA = T.StructType(_fields(
-    ("destination", STR), ("segment_id", STR), ("customer_id", STR), ("action", STR),
-    ("error", STR), ("batch_key", STR), ("run_id", STR), ("failed_at", TS),
-))
-ERASURE_LOG_SCHEMA = T.StructType(_fields(
-    ("erasure_id", STR), ("id_hash", STR), ("linked_hashes", T.ArrayType(STR)), ("status", STR),
+ERASURE_LOG_SCHEMA = T.StructType(fields(
+    ("erasure_id", STR), ("id_hash", STR), ("linked_hashes", STRINGS), ("status", STR),
     ("tables", T.MapType(STR, LONG)), ("platforms", T.MapType(STR, STR)), ("recorded_at", TS),
 ))
-
 
 # Columns whose values are personal, or may carry personal data (a URL's query string, a raw
 # record). Delta writes each file's min and max of a column into the commit log, which outlives
@@ -192,6 +72,7 @@ ERASURE_LOG_SCHEMA = T.StructType(_fields(
 PERSONAL_COLUMNS = frozenset({"email", "first_name", "last_name", "phone", "birth_date", "url", "user_agent",
                               "_corrupt_record", "_rescued_data"})
 _STATS_TYPES = (T.StringType, T.NumericType, T.DateType, T.TimestampType)
+SCHEMA_VERSION = "lakehouse.schemaVersion"
 
 
 @dataclass(frozen=True)
@@ -202,6 +83,7 @@ class TableSpec:
     description: str
     partition_by: tuple[str, ...] = ()
     properties: Mapping[str, str] = field(default_factory=dict)
+    version: int = 1  # raise it with every schema or property change: tables below it are upgraded
 
     @property
     def key(self) -> str:
@@ -209,8 +91,8 @@ class TableSpec:
 
     @property
     def table_properties(self) -> dict[str, str]:
-        """``properties`` plus the statistics policy for tables holding personal columns."""
-        found = dict(self.properties)
+        """``properties``, the statistics policy for tables holding personal columns, the version."""
+        found = {**self.properties, SCHEMA_VERSION: str(self.version)}
         if PERSONAL_COLUMNS & set(self.schema.fieldNames()):
             found["delta.dataSkippingStatsColumns"] = ",".join(
                 f.name for f in self.schema.fields
@@ -219,97 +101,110 @@ class TableSpec:
         return found
 
 
+@dataclass(frozen=True)
+class ViewSpec:
+    """A read-only ``ops`` frame computed from a table (it has no files of its own)."""
+
+    layer: str
+    name: str
+    description: str
+    source: str
+    build: Callable[[DataFrame], DataFrame]
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+
 CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
 
 REGISTRY: dict[str, TableSpec] = {
     spec.key: spec
     for spec in (
-        TableSpec(
-            "bronze", "events", BRONZE_EVENTS_SCHEMA,
-            "Every landed event record as it came, with provenance; unparseable ones flagged.",
-            properties=CHANGE_FEED,
-        ),
-        TableSpec(
-            "bronze", "crm", BRONZE_CRM_SCHEMA,
-            "Every landed CRM profile record as exported, with provenance.",
-            properties=CHANGE_FEED,
-        ),
-        TableSpec(
-            "silver", "events", SILVER_EVENTS_SCHEMA,
-            "Cleansed, deduplicated, bot-filtered events in the canonical schema, UTC times.",
-            partition_by=("event_date",), properties=CHANGE_FEED,
-        ),
-        TableSpec(
-            "silver", "rejected_events", REJECTED_EVENTS_SCHEMA,
-            "Every bronze event that did not reach silver, as it landed, with its reason codes.",
-        ),
-        TableSpec(
-            "silver", "identity_map", IDENTITY_MAP_SCHEMA,
-            "Anonymous ids seen together with a customer id, mapped to that customer.",
-        ),
-        TableSpec(
-            "silver", "customers", CUSTOMERS_SCHEMA,
-            "One current row per customer (SCD1): the newest updated_at wins, whatever the order.",
-            properties=CHANGE_FEED,
-        ),
-        TableSpec(
-            "silver", "customers_history", CUSTOMERS_HISTORY_SCHEMA,
-            "Every version of every customer profile (SCD2: valid_from, valid_to, is_current).",
-        ),
-        TableSpec(
-            "silver", "rejected_customers", REJECTED_CUSTOMERS_SCHEMA,
-            "Every bronze CRM record that could not be used, as it landed, with its reason codes.",
-        ),
-        TableSpec(
-            "gold", "customer_features", CUSTOMER_FEATURES_SCHEMA,
-            "One row per customer: recency, frequency, money, browsing, carts, RFM, profile, as_of.",
-        ),
-        TableSpec(
-            "gold", "segment_membership", SEGMENT_MEMBERSHIP_SCHEMA,
-            "Who is in which segment; one Delta commit per segment run, read any past run by time travel.",
-            properties=CHANGE_FEED,
-        ),
-        TableSpec(
-            "ops", "segment_runs", SEGMENT_RUNS_SCHEMA,
-            "Per segment run and segment: the membership version, as_of, rules hash, size, entered, exited.",
-        ),
-        TableSpec(
-            "ops", "sync_ledger", SYNC_LEDGER_SCHEMA,
-            "Every change a destination acknowledged: what it holds is the latest action per customer.",
-        ),
-        TableSpec(
-            "ops", "sync_state", SYNC_STATE_SCHEMA,
-            "Per destination and segment, the membership version the last complete sync brought it to.",
-        ),
-        TableSpec(
-            "ops", "sync_log", SYNC_LOG_SCHEMA,
-            "One row per batch sent: destination, segment, versions, idempotency key, rows, result.",
-        ),
-        TableSpec(
-            "ops", "sync_failures", SYNC_FAILURES_SCHEMA,
-            "Rows a destination refused; they are not in the ledger, so the next sync sends them again.",
-        ),
-        TableSpec(
-            "ops", "dq_results", DQ_RESULTS_SCHEMA,
-            "Per run, table and expectation: rows checked and failed, and the action taken.",
-        ),
-        TableSpec(
-            "ops", "cleanse_batches", CLEANSE_BATCHES_SCHEMA,
-            "Append-only log of the bronze version ranges each silver pipeline planned and committed.",
-        ),
-        TableSpec(
-            "ops", "job_runs", JOB_RUNS_SCHEMA,
-            "One row per job run: status, rows in/out/rejected, Delta versions written, error.",
-        ),
-        TableSpec(
-            "ops", "erasure_log", ERASURE_LOG_SCHEMA,
-            "Right-to-be-forgotten requests: salted hashes of the erased ids (never the ids), tables and "
-            "rows deleted, platform answers; also the filter that keeps erased ids out at ingest.",
-        ),
-        TableSpec(
-            "ops", "landed_files", LANDED_FILES_SCHEMA,
-            "Append-only log of each file a source planned and committed: exactly-once landing.",
-        ),
+        TableSpec("bronze", "events", BRONZE_EVENTS_SCHEMA,
+                  "Every landed event record as it came, with provenance; unparseable ones flagged.",
+                  properties=CHANGE_FEED),
+        TableSpec("bronze", "crm", BRONZE_CRM_SCHEMA,
+                  "Every landed CRM profile record as exported, with provenance.", properties=CHANGE_FEED),
+        TableSpec("silver", "events", SILVER_EVENTS_SCHEMA,
+                  "Cleansed, deduplicated, bot-filtered events in the canonical schema, UTC times.",
+                  partition_by=("event_date",), properties=CHANGE_FEED),
+        TableSpec("silver", "rejected_events", REJECTED_EVENTS_SCHEMA,
+                  "Every bronze event that did not reach silver, as it landed, with its reason codes.",
+                  partition_by=("event_date",)),
+        TableSpec("silver", "identity_map", IDENTITY_MAP_SCHEMA,
+                  "Anonymous ids seen together with a customer id, mapped to that customer."),
+        TableSpec("silver", "customers", CUSTOMERS_SCHEMA,
+                  "One current row per customer (SCD1): the newest updated_at wins, whatever the order.",
+                  properties=CHANGE_FEED),
+        TableSpec("silver", "customers_history", CUSTOMERS_HISTORY_SCHEMA,
+                  "Every version of every customer profile (SCD2: valid_from, valid_to, is_current)."),
+        TableSpec("silver", "rejected_customers", REJECTED_CUSTOMERS_SCHEMA,
+                  "Every bronze CRM record that could not be used, as it landed, with its reason codes."),
+        TableSpec("gold", "customer_daily", CUSTOMER_DAILY_SCHEMA,
+                  "Per customer and day: what the features need from that day's events (incremental state).",
+                  partition_by=("event_date",)),
+        TableSpec("gold", "customer_features", CUSTOMER_FEATURES_SCHEMA,
+                  "One row per customer: recency, frequency, money, browsing, carts, RFM, profile, as_of."),
+        TableSpec("gold", "segment_membership", SEGMENT_MEMBERSHIP_SCHEMA,
+                  "Who is in which segment; one Delta commit per segment run that changed it.",
+                  properties=CHANGE_FEED),
+        TableSpec("ops", "sync_ledger", SYNC_LEDGER_SCHEMA,
+                  "Every batch sent to a destination, one commit each: per change, acknowledged or refused."),
+        TableSpec("ops", "sync_state", SYNC_STATE_SCHEMA,
+                  "Per destination, what it holds, folded from the ledger up to through_batch_seq."),
+        TableSpec("ops", "job_runs", JOB_RUNS_SCHEMA,
+                  "One row per stage run and one per command: rows, seconds, Spark jobs, commits, "
+                  "data-quality results, segment and sync summaries. One commit per command."),
+        TableSpec("ops", "erasure_log", ERASURE_LOG_SCHEMA,
+                  "Right-to-be-forgotten requests: salted hashes of the erased ids (never the ids), tables and "
+                  "rows deleted, platform answers; also the filter that keeps erased ids out at ingest."),
+    )
+}
+
+
+def _dq_results(runs: DataFrame) -> DataFrame:
+    return runs.select("run_id", "job", F.col("ended_at").alias("evaluated_at"), F.explode("dq").alias("r")).select(
+        "run_id", "r.table", "r.expectation", "r.action", "r.expression", "r.failed_rows", "r.checked_rows",
+        "evaluated_at")
+
+
+def _segment_runs(runs: DataFrame) -> DataFrame:
+    segment_runs = runs.where(F.col("job") == "segment")
+    return segment_runs.select(
+        "run_id", "as_of", F.col("delta_versions")["gold.segment_membership"].alias("delta_version"), "rules_hash",
+        F.explode("segments").alias("s"), F.col("ended_at").alias("recorded_at"),
+    ).select("run_id", "as_of", "delta_version", "rules_hash", "s.segment_id", "s.size", "s.entered", "s.exited",
+             "recorded_at")
+
+
+def _sync_log(ledger: DataFrame) -> DataFrame:
+    return ledger.groupBy("destination", "segment_id", "run_id", "batch_seq", "batch_no",
+                          F.col("batch_key").alias("idempotency_key")).agg(
+        F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("status") == "refused", 1)).alias("refused"),
+        F.max("attempts").alias("attempts"), F.max("http_status").alias("http_status"),
+        F.max("seconds").alias("seconds"), F.max("membership_version").alias("membership_version"),
+        F.max("delivered_at").alias("sent_at"),
+    )
+
+
+def _sync_failures(ledger: DataFrame) -> DataFrame:
+    return ledger.where(F.col("status") == "refused").select(
+        "destination", "segment_id", "customer_id", "action", "error", "batch_key", "run_id",
+        F.col("delivered_at").alias("failed_at"))
+
+
+VIEWS: dict[str, ViewSpec] = {
+    view.key: view
+    for view in (
+        ViewSpec("ops", "dq_results", "Per run, table and expectation: rows checked and failed, the action taken.",
+                 "ops.job_runs", _dq_results),
+        ViewSpec("ops", "segment_runs", "Per segment run and segment: membership version, as_of, rules hash, "
+                 "size, entered, exited.", "ops.job_runs", _segment_runs),
+        ViewSpec("ops", "sync_log", "One row per batch sent: destination, segment, rows, refused, result.",
+                 "ops.sync_ledger", _sync_log),
+        ViewSpec("ops", "sync_failures", "Rows a destination refused; the next sync sends them again.",
+                 "ops.sync_ledger", _sync_failures),
     )
 }
 
@@ -330,104 +225,233 @@ def is_delta_table(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
 
-_CREATED: set[str] = set()
+def _delta_log(spark: SparkSession, path: str) -> Any:
+    return spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[union-attr]
 
 
-def ensure_table(spark: SparkSession, root: str, key: str) -> DeltaTable:
-    """The Delta table for ``key``, created empty with its schema and properties if absent.
+def _snapshot(spark: SparkSession, path: str) -> Any:
+    jvm = spark._jvm  # type: ignore[union-attr]
+    none = jvm.scala.Option.empty()
+    return _delta_log(spark, path).update(False, none, none)
 
-    Paths this process created or found are remembered, so later calls cost one lookup.
-    """
+
+def current_version(spark: SparkSession, path: str) -> int:
+    """The table's latest version, from its log (no Spark job); -1 when there is no table."""
+    return int(_snapshot(spark, path).version())
+
+
+def holds_rows(spark: SparkSession, root: str, key: str) -> bool:
+    """Whether ``key`` may hold rows: it exists and its latest version has data files (from the
+    version's checksum when there is one; no Spark job either way)."""
+    snapshot = _snapshot(spark, table_path(root, key))
+    if snapshot.version() < 0:
+        return False
+    checksum = snapshot.checksumOpt()
+    if checksum.isDefined():
+        return int(checksum.get().numFiles()) > 0
+    return snapshot.version() > 0
+
+
+def _property(snapshot: Any, name: str) -> str | None:
+    configuration = snapshot.metadata().configuration()
+    return str(configuration.apply(name)) if configuration.contains(name) else None
+
+
+_ENSURED: set[str] = set()
+
+
+def ensure_table(spark: SparkSession, root: str, key: str) -> str:
+    """The path of ``key``'s Delta table, created empty with its schema and properties if absent
+    and upgraded if an earlier release made it (its ``lakehouse.schemaVersion`` is lower).
+
+    Checked once per process and path, from the table's log alone."""
     table = spec(key)
     path = table_path(root, key)
-    if path in _CREATED:
-        return DeltaTable.forPath(spark, path)
-    builder = (
-        DeltaTable.createIfNotExists(spark)
-        .location(path)
-        .addColumns(table.schema)
-        .comment(table.description)
-    )
-    if table.partition_by:
-        builder = builder.partitionedBy(*table.partition_by)
-    properties = table.table_properties
-    for name, value in properties.items():
-        builder = builder.property(name, value)
-    created = builder.execute()
-    _CREATED.add(path)
-    if _upgrade(spark, path, created, table.schema, properties):
-        return DeltaTable.forPath(spark, path)
-    return created
-
-
-def _upgrade(spark: SparkSession, path: str, table: DeltaTable, schema: T.StructType,
-             properties: Mapping[str, str]) -> bool:
-    """Bring a table made by an earlier release up to this one: columns added since are appended
-    (null in old rows) and properties set as the registry says; nothing is dropped or retyped.
-    Whether anything changed."""
-    present = set(table.toDF().columns)
-    missing = [f for f in schema.fields if f.name not in present]
-    if missing:
-        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
-        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
-    current = table.detail().first()["properties"] or {}
-    changed = {k: v for k, v in properties.items() if current.get(k) != v}
-    if changed:
-        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(changed.items()))
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
-    return bool(missing or changed)
-
-
-def append_rows(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> str:
-    """Append rows (tuples in the table's column order) to ``key``, creating it first; the path.
-
-    No rows, no write (and no table created)."""
-    path = table_path(root, key)
-    if rows:
-        ensure_table(spark, root, key)
-        spark.createDataFrame(rows, spec(key).schema).write.format("delta").mode("append").save(path)
+    if path in _ENSURED:
+        return path
+    snapshot = _snapshot(spark, path)
+    if snapshot.version() < 0:
+        _create(spark, path, table)
+    elif int(_property(snapshot, SCHEMA_VERSION) or 0) < table.version:
+        _upgrade(spark, path, table, snapshot)
+    _ENSURED.add(path)
     return path
 
 
-def read_or_empty(spark: SparkSession, root: str, key: str) -> DataFrame:
-    """The table, or an empty frame with its schema when it was never written."""
-    path = table_path(root, key)
-    if is_delta_table(spark, path):
-        return spark.read.format("delta").load(path)
-    return spark.createDataFrame([], spec(key).schema)
+def _create(spark: SparkSession, path: str, table: TableSpec) -> None:
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema).comment(table.description)
+    if table.partition_by:
+        builder = builder.partitionedBy(*table.partition_by)
+    for name, value in table.table_properties.items():
+        builder = builder.property(name, value)
+    builder.execute()
+    runlog.note_commit(table.key)
 
 
+def _upgrade(spark: SparkSession, path: str, table: TableSpec, snapshot: Any) -> None:
+    """Bring a table made by an earlier release up to this one: columns added since are appended
+    (null in old rows) and properties set as the registry says; nothing is dropped or retyped."""
+    present = {f.name() for f in snapshot.schema().fields()}
+    missing = [f for f in table.schema.fields if f.name not in present]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        runlog.note_commit(table.key)
+    changed = {k: v for k, v in table.table_properties.items() if _property(snapshot, k) != v}
+    if changed:
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(changed.items()))
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
+        runlog.note_commit(table.key)
+
+
+def forget_ensured(path: str) -> None:
+    """As if in a new process: the next :func:`ensure_table` looks at the table's log again."""
+    _ENSURED.discard(path)
+
+
+# -- writes -----------------------------------------------------------------------------------
+def _observed(df: DataFrame, metrics: Mapping[str, Column] | None) -> tuple[DataFrame, Observation]:
+    observation = Observation()
+    columns = [F.count(F.lit(1)).alias("rows"), *[c.alias(n) for n, c in (metrics or {}).items()]]
+    return df.observe(observation, *columns), observation
+
+
+def _metadata(metadata: Mapping[str, object]) -> str:
+    return json.dumps(dict(metadata), sort_keys=True, default=str)
+
+
+def append(df: DataFrame, root: str, key: str, *, txn: tuple[str, int] | None = None,
+           metadata: Mapping[str, object] | None = None,
+           metrics: Mapping[str, Column] | None = None) -> dict[str, int]:
+    """Append ``df`` to ``key`` (created first if absent) in one commit; ``rows`` written and any
+    other ``metrics`` (aggregate columns), counted by the write itself.
+
+    ``txn`` (app id, version) makes the write idempotent: Delta skips it when that app id already
+    committed that version (a retried batch); then every count is 0."""
+    spark = df.sparkSession
+    path = ensure_table(spark, root, key)
+    before = current_version(spark, path)
+    observed, observation = _observed(df, metrics)
+    out = observed.write.format("delta").mode("append")
+    if txn is not None:
+        out = out.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+    if metadata is not None:
+        out = out.option("userMetadata", _metadata(metadata))
+    out.save(path)
+    names = ["rows", *(metrics or {})]
+    if current_version(spark, path) == before:  # skipped: the same txn committed before
+        return dict.fromkeys(names, 0)
+    runlog.note_commit(key)
+    got = observation.get
+    return {name: int(got.get(name) or 0) for name in names}
+
+
+def append_rows(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> int:
+    """Append rows (tuples in the table's column order) in one commit; no rows, no write."""
+    if not rows:
+        return 0
+    return append(spark.createDataFrame(rows, spec(key).schema), root, key)["rows"]
+
+
+def overwrite(df: DataFrame, root: str, key: str, *, metadata: Mapping[str, object] | None = None,
+              replace_where: str | None = None) -> int:
+    """Replace ``key``'s rows (those matching ``replace_where``, or all) in one commit; rows written."""
+    spark = df.sparkSession
+    path = ensure_table(spark, root, key)
+    observed, observation = _observed(df, None)
+    out = observed.write.format("delta").mode("overwrite")
+    if replace_where is not None:
+        out = out.option("replaceWhere", replace_where)
+    if metadata is not None:
+        out = out.option("userMetadata", _metadata(metadata))
+    out.save(path)
+    runlog.note_commit(key)
+    return int(observation.get.get("rows") or 0)
+
+
+@contextmanager
+def _session_confs(spark: SparkSession, confs: Mapping[str, str]) -> Iterator[None]:
+    previous = {k: spark.conf.get(k, None) for k in confs}
+    for name, value in confs.items():
+        spark.conf.set(name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                spark.conf.unset(name)
+            else:
+                spark.conf.set(name, value)
+
+
+def merge(spark: SparkSession, root: str, key: str, build: Callable[[DeltaTable], Any], *,
+          txn: tuple[str, int] | None = None, metadata: Mapping[str, object] | None = None) -> dict[str, int]:
+    """Run the MERGE ``build(table)`` returns the builder of, in one commit; its metrics
+    (``num_inserted_rows``, ``num_updated_rows``, ``num_deleted_rows``), all 0 when it was
+    skipped (``txn`` already committed) or changed nothing."""
+    path = ensure_table(spark, root, key)
+    confs: dict[str, str] = {}
+    if txn is not None:
+        confs.update({"spark.databricks.delta.write.txnAppId": txn[0],
+                      "spark.databricks.delta.write.txnVersion": str(txn[1])})
+    if metadata is not None:
+        confs["spark.databricks.delta.commitInfo.userMetadata"] = _metadata(metadata)
+    before = current_version(spark, path)
+    with _session_confs(spark, confs):
+        result = build(DeltaTable.forPath(spark, path)).execute().collect()  # one row of metrics
+    if current_version(spark, path) == before or not result:
+        return {"num_inserted_rows": 0, "num_updated_rows": 0, "num_deleted_rows": 0}
+    runlog.note_commit(key)
+    return {k: int(v or 0) for k, v in result[0].asDict().items()}
+
+
+# -- reads ------------------------------------------------------------------------------------
 def read_table(spark: SparkSession, root: str, key: str, version: int | None = None) -> DataFrame:
+    if key in VIEWS:
+        view = VIEWS[key]
+        return view.build(read_or_empty(spark, root, view.source))
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
     return reader.load(table_path(root, key))
 
 
-def commit_marker(**fields: object) -> str:
-    """``userMetadata`` for a commit that a retry must be able to recognise."""
-    return json.dumps(fields, sort_keys=True)
+def read_or_empty(spark: SparkSession, root: str, key: str) -> DataFrame:
+    """The table (or view), or an empty frame with its schema when it was never written."""
+    if key in VIEWS:
+        return read_table(spark, root, key)
+    path = table_path(root, key)
+    if is_delta_table(spark, path):
+        return spark.read.format("delta").load(path)
+    return spark.createDataFrame([], spec(key).schema)
 
 
-def version_with_marker(spark: SparkSession, path: str, **fields: object) -> int | None:
-    """The version whose commit carries all of ``fields`` in its userMetadata, if any."""
-    history = DeltaTable.forPath(spark, path).history().where(F.col("userMetadata").isNotNull())
-    for name, value in fields.items():
-        history = history.where(F.get_json_object("userMetadata", f"$.{name}") == str(value))
-    hit = history.select("version").first()
-    return None if hit is None else int(hit["version"])
+def last_commit_metadata(spark: SparkSession, path: str) -> dict[str, Any]:
+    """The ``userMetadata`` (as JSON) of the table's latest commit, read from its log file."""
+    from jobs.runtime import fs
+
+    version = current_version(spark, path)
+    if version < 0:
+        return {}
+    for line in fs.read_text(spark, f"{path.rstrip('/')}/_delta_log/{version:020d}.json").splitlines():
+        action = json.loads(line)
+        if "commitInfo" in action:
+            text = action["commitInfo"].get("userMetadata")
+            try:
+                return json.loads(text) if text else {}
+            except ValueError:
+                return {}
+    return {}
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
-    return int(DeltaTable.forPath(spark, path).history(1).first()["version"])
+    return current_version(spark, path)
 
 
-@contextmanager
-def commit_metadata(spark: SparkSession, marker: str) -> Iterator[None]:
-    """Tag the commits of DML (MERGE, UPDATE) made inside with ``marker`` as userMetadata."""
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(key, marker)
-    try:
-        yield
-    finally:
-        spark.conf.unset(key)
+def dates_in(column: str, dates: Iterable[date]) -> str:
+    """A SQL condition on a date partition column, so a MERGE prunes to those partitions."""
+    listed = sorted(set(dates))
+    if not listed:
+        return "FALSE"
+    literals = ", ".join("DATE'" + d.isoformat() + "'" for d in listed)
+    return f"{column} IN ({literals})"

@@ -1,30 +1,33 @@
-"""Silver: new bronze commits -> cleansed events and customers, every rejected row kept.
+"""Silver: new bronze rows -> cleansed events and customers, every rejected row kept.
 
-Each pipeline (``silver.events``, ``silver.customers``) reads only the bronze commits it has not
-processed, through Change Data Feed by version, in *batches* logged in ``ops.cleanse_batches``:
+Each pipeline reads the rows bronze's new commits appended through a Delta streaming source
+(``_checkpoints/cleanse/events``, ``_checkpoints/cleanse/customers``; ``skipChangeCommits``, so an
+erasure's DELETE or a compaction is never read as new rows) and handles them in micro-batches
+whose every write carries the batch's Delta transaction id (see :mod:`jobs.runtime.streams`).
 
-1. plan: the bronze version range, the silver version it is judged against and the processing
-   time are logged (``planned``);
-2. write: each target is written once per batch -- a commit carries the pipeline and batch id
-   in its ``userMetadata`` (MERGE) or Delta's ``txnAppId``/``txnVersion`` (appends), so a retry
-   skips what already happened;
-3. commit: the batch is logged ``committed``.
+Events, per micro-batch, bounded by the batch's event dates:
 
-A run that dies anywhere leaves a planned batch that the next run redoes from the same inputs,
-so the result is the same rows as one clean run. The run log records the balance
-``bronze rows = silver rows written + rejected + exact duplicates`` and the run fails if it
-does not hold.
+1. rows are parsed and judged (:func:`transforms.silver_events.classify_events`) against the
+   events earlier batches judged on the same dates (``cleanse.duplicate_lookback_days`` either
+   side) and, for the bot-rate and double-load windows, their *neighbours*: silver and rejected
+   rows of the same days, so the outcome does not depend on how events were split into batches;
+2. writes, in an order a replayed batch reproduces exactly (each later step reads only what no
+   write of this batch touched): rejected rows (new ones, and silver rows a window now catches,
+   with their bronze record) -> identity map -> new silver rows -> silver rows retracted or
+   stitched to a customer who has since logged in on their device -> the per-customer daily
+   state of ``gold.customer_daily`` for every customer-day touched, recomputed from silver.
+
+The stage checks ``bronze rows = silver rows written + rejected rows written + exact duplicates``
+with each term counted by its own write, and fails if it does not hold.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import reduce
+from datetime import date, timedelta
 from pathlib import Path
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -37,43 +40,49 @@ from jobs.rules import (
     load_quality_rules,
 )
 from jobs.runtime.errors import ConfigError, LakehouseError
-from jobs.runtime.runlog import JobRun, job_run, utc_now
+from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.spark import analysis_message
+from jobs.runtime.streams import Batch, process_new
 from jobs.runtime.tables import (
     REGISTRY,
-    append_rows,
-    commit_marker,
-    commit_metadata,
+    append,
+    current_version,
+    dates_in,
     ensure_table,
-    is_delta_table,
-    latest_version,
+    holds_rows,
+    merge,
     spec,
     table_path,
-    version_with_marker,
 )
+from transforms.gold_state import STATE_EVENT_COLUMNS, daily_aggregates, touched_days
 from transforms.silver_customers import (
     PROFILE_COLUMNS,
     latest_per_customer,
     parse_customers,
     rebuild_history,
 )
-from transforms.silver_customers import (
-    REASON_CODES as CUSTOMER_REASON_CODES,
-)
+from transforms.silver_customers import REASON_CODES as CUSTOMER_REASON_CODES
 from transforms.silver_events import (
-    RAW_EVENT_FIELDS,
     REASON_CODES,
-    SILVER_EVENT_COLUMNS,
+    SILVER_EVENTS_SCHEMA,
     apply_expectations,
-    classify_events,
+    as_neighbours,
+    assign_event_ids,
+    content_hash,
     identity_pairs,
+    judge_rows,
+    judge_windows,
     judged_events,
+    parse_events,
+    rejected_as_parsed,
     stitch_identities,
 )
 
-BATCHES = "ops.cleanse_batches"
-DQ_RESULTS = "ops.dq_results"
+EVENTS, REJECTED, IDENTITY = "silver.events", "silver.rejected_events", "silver.identity_map"
+CUSTOMERS, HISTORY, REJECTED_CUSTOMERS = "silver.customers", "silver.customers_history", "silver.rejected_customers"
+DAILY = "gold.customer_daily"
+SILVER_COLUMNS = tuple(SILVER_EVENTS_SCHEMA.fieldNames())
 
 
 class DataQualityFailure(LakehouseError):
@@ -86,186 +95,38 @@ class BalanceError(RuntimeError):
     """Rows went missing between bronze and silver: a bug, never an input problem."""
 
 
-@dataclass(frozen=True)
-class Batch:
-    pipeline: str
-    batch_id: int
-    start_version: int
-    end_version: int
-    target_version: int | None
-    processed_at: datetime
-    resumed: bool
-
-
 @dataclass
-class CleanseResult:
-    pipeline: str
-    run_id: str
-    batch_id: int | None = None
+class Tally:
+    """What one pipeline's batches did, each count from its own source."""
+
     bronze_rows: int = 0
     silver_rows: int = 0
     rejected_rows: int = 0
     duplicates: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    resumed: bool = False
-
-
-# -- batches ----------------------------------------------------------------------------------
-def _log_batch(spark: SparkSession, root: str, batch: Batch, status: str, run_id: str) -> None:
-    row = (batch.pipeline, batch.batch_id, _source_table(batch.pipeline), batch.start_version,
-           batch.end_version, batch.target_version, batch.processed_at, status, run_id, utc_now())
-    append_rows(spark, root, BATCHES, [row])
-
-
-def _source_table(pipeline: str) -> str:
-    return {"silver.events": "bronze.events", "silver.customers": "bronze.crm"}[pipeline]
-
-
-def _plan(spark: SparkSession, root: str, pipeline: str, run_id: str) -> Batch | None:
-    """The pipeline's unfinished batch, else the bronze versions it has not processed yet."""
-    ensure_table(spark, root, BATCHES)
-    log = (
-        spark.read.format("delta").load(table_path(root, BATCHES))
-        .where(F.col("pipeline") == pipeline)
-        .collect()  # one row per batch and status
-    )
-    committed = {r["batch_id"] for r in log if r["status"] == "committed"}
-    pending = [r for r in log if r["status"] == "planned" and r["batch_id"] not in committed]
-    if pending:
-        r = min(pending, key=lambda r: r["batch_id"])
-        return Batch(pipeline, r["batch_id"], r["start_version"], r["end_version"],
-                     r["target_version"], r["processed_at"], resumed=True)
-    source = table_path(root, _source_table(pipeline))
-    if not is_delta_table(spark, source):
-        return None
-    start = max((r["end_version"] for r in log if r["status"] == "committed"), default=-1) + 1
-    end = latest_version(spark, source)
-    if start > end:
-        return None
-    target = table_path(root, pipeline)
-    target_version = latest_version(spark, target) if is_delta_table(spark, target) else None
-    batch = Batch(pipeline, max((r["batch_id"] for r in log), default=0) + 1, start, end,
-                  target_version, utc_now(), resumed=False)
-    _log_batch(spark, root, batch, "planned", run_id)
-    return batch
-
-
-def _appended_ranges(spark: SparkSession, path: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Contiguous version ranges within ``[start, end]`` of commits that appended data.
-
-    Bronze only grows by appends; other commits (an erasure's DELETE, its purge, compaction)
-    rewrite rows already cleansed, and their change files may be vacuumed away, so they are
-    skipped like a stream's ``skipChangeCommits``.
-    """
-    history = (DeltaTable.forPath(spark, path).history()
-               .where((F.col("version") >= start) & (F.col("version") <= end))
-               .select("version", "operation").collect())  # one row per commit of the batch
-    appends = sorted(r["version"] for r in history if r["operation"] in ("WRITE", "STREAMING UPDATE"))
-    ranges: list[tuple[int, int]] = []
-    for version in appends:
-        if ranges and ranges[-1][1] == version - 1:
-            ranges[-1] = (ranges[-1][0], version)
-        else:
-            ranges.append((version, version))
-    return ranges
-
-
-def _bronze_changes(spark: SparkSession, root: str, batch: Batch) -> DataFrame:
-    """Rows the batch's bronze commits inserted (later rewrites, e.g. erasure, are skipped)."""
-    path = table_path(root, _source_table(batch.pipeline))
-    frames = [
-        spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", first)
-        .option("endingVersion", last)
-        .load(path)
-        .where(F.col("_change_type") == "insert")
-        .withColumn("_bronze_version", F.col("_commit_version"))
-        .drop("_change_type", "_commit_version", "_commit_timestamp")
-        for first, last in _appended_ranges(spark, path, batch.start_version, batch.end_version)
-    ]
-    if not frames:
-        return spark.createDataFrame([], spark.read.format("delta").load(path).schema.add("_bronze_version", "long"))
-    return reduce(DataFrame.unionByName, frames)
-
-
-def _as_of(spark: SparkSession, root: str, key: str, version: int | None) -> DataFrame | None:
-    if version is None:
-        return None
-    return spark.read.format("delta").option("versionAsOf", version).load(table_path(root, key))
-
-
-def _known_events(spark: SparkSession, root: str, batch: Batch) -> DataFrame | None:
-    """Events earlier batches judged: silver as of before this batch, rejected rows of other batches."""
-    rejected = None
-    if is_delta_table(spark, table_path(root, "silver.rejected_events")):
-        rejected = ensure_table(spark, root, "silver.rejected_events").toDF().where(
-            F.col("_batch_id") != batch.batch_id)
-    return judged_events(_as_of(spark, root, "silver.events", batch.target_version), rejected)
-
-
-# -- writes, each once per batch ----------------------------------------------------------------
-def _marker(batch: Batch, run_id: str) -> dict[str, object]:
-    return {"pipeline": batch.pipeline, "batch_id": batch.batch_id, "run_id": run_id}
-
-
-def _merge_once(spark: SparkSession, root: str, key: str, batch: Batch, run_id: str, merge) -> int:
-    """Run ``merge(DeltaTable)`` unless a commit of this batch is already there; rows inserted."""
-    path = table_path(root, key)
-    table = ensure_table(spark, root, key)
-    done = version_with_marker(spark, path, pipeline=batch.pipeline, batch_id=batch.batch_id)
-    if done is None:
-        before = latest_version(spark, path)
-        with commit_metadata(spark, commit_marker(**_marker(batch, run_id))):
-            merge(table)
-        done = latest_version(spark, path)
-        if done == before:  # a MERGE that changes nothing makes no commit
-            return 0
-    metrics = table.history().where(F.col("version") == done).select("operationMetrics").first()[0]
-    return int(metrics.get("numTargetRowsInserted", 0))
-
-
-def _append_once(
-    spark: SparkSession, root: str, key: str, batch: Batch, run_id: str, rows: DataFrame
-) -> None:
-    ensure_table(spark, root, key)
-    (
-        rows.write.format("delta").mode("append")
-        .option("txnAppId", f"cleanse:{batch.pipeline}:{key}")
-        .option("txnVersion", batch.batch_id)
-        .option("userMetadata", commit_marker(**_marker(batch, run_id)))
-        .save(table_path(root, key))
-    )
-
-
-# -- accounting -----------------------------------------------------------------------------------
-@dataclass
-class Tally:
-    total: int = 0
-    outcomes: Counter = field(default_factory=Counter)
+    retracted: int = 0
+    stitched: int = 0
+    batches: int = 0
     reasons: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)
     checked: int = 0
 
 
-def _tally(classified: DataFrame) -> Tally:
-    """One pass: counts per (outcome, reasons, expectations checked/failed) combination."""
+def _judgements(classified: DataFrame) -> tuple[Counter, Counter, Counter, int]:
+    """One pass: outcomes, reasons, expectation failures and rows checked."""
     combos = classified.groupBy("_outcome", "_reasons", "_dq_checked", "_dq_failed").count().collect()
-    tally = Tally()
-    for row in combos:
-        tally.total += row["count"]
-        tally.outcomes[row["_outcome"]] += row["count"]
-        tally.checked += row["count"] if row["_dq_checked"] else 0
+    outcomes, reasons, failed, checked = Counter(), Counter(), Counter(), 0
+    for row in combos:  # one row per combination of outcome, reasons and failures: a handful
+        outcomes[row["_outcome"]] += row["count"]
+        checked += row["count"] if row["_dq_checked"] else 0
         for reason in row["_reasons"]:
-            tally.reasons[reason] += row["count"]
+            reasons[reason] += row["count"]
         for name in row["_dq_failed"]:
-            tally.failed[name] += row["count"]
-    return tally
+            failed[name] += row["count"]
+    return outcomes, reasons, failed, checked
 
 
-def _check_expectations(table: str, expectations: tuple[Expectation, ...], tally: Tally) -> None:
-    broken = [f"{e.name} ({tally.failed[e.name]} rows)" for e in expectations
-              if e.action == "fail" and tally.failed[e.name]]
+def _check_expectations(table: str, expectations: tuple[Expectation, ...], failed: Counter) -> None:
+    broken = [f"{e.name} ({failed[e.name]} rows)" for e in expectations if e.action == "fail" and failed[e.name]]
     if broken:
         raise DataQualityFailure(
             f"{table}: expectation(s) with action fail did not hold: {', '.join(broken)}; "
@@ -273,15 +134,7 @@ def _check_expectations(table: str, expectations: tuple[Expectation, ...], tally
         )
 
 
-def _dq_rows(spark: SparkSession, run_id: str, batch: Batch, table: str,
-             expectations: tuple[Expectation, ...], tally: Tally) -> DataFrame:
-    now = utc_now()
-    rows = [(run_id, batch.batch_id, table, e.name, e.action, e.expect, tally.failed[e.name],
-             tally.checked, now) for e in expectations]
-    return spark.createDataFrame(rows, spec(DQ_RESULTS).schema)
-
-
-def _validate_expectations(df: DataFrame, table: str, expectations: tuple[Expectation, ...], path) -> None:
+def _validate_expectations(df: DataFrame, table: str, expectations: tuple[Expectation, ...], path: Path) -> None:
     """Analyze every expectation against the table's columns before touching data."""
     for expectation in expectations:
         try:
@@ -309,200 +162,328 @@ def check_expectations(spark: SparkSession, folder: Path, quality: QualityRules)
         _validate_expectations(spark.createDataFrame([], spec(table).schema), table, expectations, path)
 
 
-def _record(
-    run: JobRun, result: CleanseResult, tally: Tally, key: str, version: int | None,
-    reason_codes: tuple[str, ...], expectations: tuple[Expectation, ...],
-) -> None:
-    run.rows_in = result.bronze_rows
-    run.rows_out = result.silver_rows
-    run.rows_rejected = result.rejected_rows
-    run.metrics = {
-        "batch_id": result.batch_id or 0,
-        "bronze_rows": result.bronze_rows,
-        "silver_rows": result.silver_rows,
-        "rejected_rows": result.rejected_rows,
-        "exact_duplicates": result.duplicates,
-        **{f"reason.{k}": tally.reasons[k] for k in sorted({*reason_codes, *tally.reasons})},
-        **{f"dq_failed.{e.name}": tally.failed[e.name] for e in expectations},
-    }
-    if version is not None:
-        run.delta_versions[key] = version
+def _record(stage: StageResult, prefix: str, table: str, tally: Tally, reason_codes: tuple[str, ...],
+            expectations: tuple[Expectation, ...]) -> None:
+    stage.rows_in += tally.bronze_rows
+    stage.rows_out += tally.silver_rows
+    stage.rejected += tally.rejected_rows
+    stage.metrics.update({
+        f"{prefix}.batches": tally.batches,
+        f"{prefix}.bronze_rows": tally.bronze_rows,
+        f"{prefix}.silver_rows": tally.silver_rows,
+        f"{prefix}.rejected_rows": tally.rejected_rows,
+        f"{prefix}.exact_duplicates": tally.duplicates,
+        **({f"{prefix}.retracted": tally.retracted, f"{prefix}.stitched": tally.stitched} if prefix == "events"
+           else {}),
+        **{f"{prefix}.reason.{k}": tally.reasons[k] for k in sorted({*reason_codes, *tally.reasons})},
+        **{f"{prefix}.dq_failed.{e.name}": tally.failed[e.name] for e in expectations},
+    })
+    if tally.batches:
+        stage.dq += [(table, e.name, e.action, e.expect, tally.failed[e.name], tally.checked) for e in expectations]
+    stage.details.setdefault("pipelines", []).append((table, tally))
 
 
-def _balance(result: CleanseResult, expected_silver: int) -> None:
-    if result.silver_rows != expected_silver or (
-        result.bronze_rows != result.silver_rows + result.rejected_rows + result.duplicates
-    ):
+def _balance(table: str, bronze: int, silver: int, rejected: int, duplicates: int) -> None:
+    if bronze != silver + rejected + duplicates:
         raise BalanceError(
-            f"{result.pipeline} batch {result.batch_id} does not balance: bronze {result.bronze_rows} "
-            f"!= silver {result.silver_rows} (expected {expected_silver}) + rejected "
-            f"{result.rejected_rows} + duplicates {result.duplicates}"
+            f"{table} does not balance: bronze {bronze} != silver {silver} + rejected {rejected} "
+            f"+ duplicates {duplicates}"
         )
+
+
+def _bronze_stream(spark: SparkSession, root: str, key: str) -> DataFrame:
+    return spark.readStream.format("delta").option("skipChangeCommits", "true").load(table_path(root, key))
 
 
 # -- events ---------------------------------------------------------------------------------------
-def cleanse_events(spark: SparkSession, settings: Settings) -> CleanseResult:
-    root, pipeline = settings.lakehouse.root, "silver.events"
-    rules = rules_dir(settings)
-    event_types = load_event_types(rules)
-    bots = load_bot_rules(rules)
-    expectations = _expectations_for(spark, rules, pipeline)
-    with job_run(spark, root, "cleanse_events", settings.env) as run:
-        result = CleanseResult(pipeline, run.run_id)
-        batch = _plan(spark, root, pipeline, run.run_id)
-        if batch is None:
-            return result
-        result.batch_id, result.resumed = batch.batch_id, batch.resumed
-        existing = _known_events(spark, root, batch)
-        classified = _bronze_changes(spark, root, batch).transform(classify_events(
-            event_types.synonyms, batch.processed_at, settings.cleanse.max_clock_skew_minutes,
-            bots.user_agent_regex, settings.cleanse.bot_max_events_per_minute,
-            settings.cleanse.double_load_window_seconds,
-            [(e.name, e.expect, e.action) for e in expectations],
-            existing,
-        )).withColumn("_batch_id", F.lit(batch.batch_id).cast("long")).persist()
-        try:
-            tally = _tally(classified)
-            _check_expectations(pipeline, expectations, tally)
-            result.bronze_rows = tally.total
-            result.rejected_rows = tally.outcomes["rejected"]
-            result.duplicates = tally.outcomes["duplicate"]
-            result.reasons = dict(tally.reasons)
-
-            clean = classified.where(F.col("_outcome") == "silver")
-            _merge_identity_map(spark, root, batch, run.run_id, clean)
-            identity_map = spark.read.format("delta").load(table_path(root, "silver.identity_map"))
-            silver_rows = clean.transform(stitch_identities(identity_map)).select(
-                *SILVER_EVENT_COLUMNS, "_source_file", "_ingested_at", "_bronze_version",
-                "_content_hash", "_batch_id",
-            )
-            result.silver_rows = _merge_once(
-                spark, root, pipeline, batch, run.run_id,
-                lambda table: table.alias("t").merge(silver_rows.alias("s"), "t.event_id = s.event_id")
-                .whenNotMatchedInsertAll().execute(),
-            )
-            rejected = classified.where(F.col("_outcome") == "rejected").select(
-                "event_id", F.col("_reasons").alias("reasons"),
-                *[F.col(f"_raw.{f}").alias(f) for f in RAW_EVENT_FIELDS if f != "event_id"],
-                "_bronze_version", "_batch_id", "_content_hash",
-            )
-            _append_once(spark, root, "silver.rejected_events", batch, run.run_id, rejected)
-            _append_once(spark, root, DQ_RESULTS, batch, run.run_id,
-                         _dq_rows(spark, run.run_id, batch, pipeline, expectations, tally))
-            _balance(result, tally.outcomes["silver"])
-        finally:
-            classified.unpersist()
-        _log_batch(spark, root, batch, "committed", run.run_id)
-        _record(run, result, tally, pipeline, latest_version(spark, table_path(root, pipeline)),
-                REASON_CODES, expectations)
-        run.delta_versions["silver.rejected_events"] = latest_version(
-            spark, table_path(root, "silver.rejected_events"))
-        return result
+def _around(dates: list[date], days: int) -> list[date]:
+    return sorted({d + timedelta(days=k) for d in dates for k in range(-days, days + 1)})
 
 
-def _merge_identity_map(spark: SparkSession, root: str, batch: Batch, run_id: str, clean: DataFrame) -> None:
-    pairs = identity_pairs(clean)
-    _merge_once(
-        spark, root, "silver.identity_map", batch, run_id,
-        lambda table: table.alias("t").merge(pairs.alias("s"), "t.anonymous_id = s.anonymous_id")
-        .whenMatchedUpdate(
-            condition="s.last_seen_at >= t.last_seen_at",
-            set={"customer_id": "s.customer_id", "last_seen_at": "s.last_seen_at",
-                 "first_seen_at": "least(t.first_seen_at, s.first_seen_at)"},
-        )
-        .whenMatchedUpdate(set={"first_seen_at": "least(t.first_seen_at, s.first_seen_at)"})
-        .whenNotMatchedInsertAll()
-        .execute(),
+def _with_dates(frame: DataFrame, dates: list[date], with_null: bool = False) -> DataFrame:
+    condition = F.col("event_date").isin(dates) if dates else F.lit(False)
+    if with_null:
+        condition = condition | F.col("event_date").isNull()
+    return frame.where(condition)
+
+
+def _bronze_records(spark: SparkSession, root: str, retracted: DataFrame) -> DataFrame:
+    """The bronze records of silver rows being retracted: found by the landing batch they came in
+    (bronze files hold one ``_ingested_at`` each, so the scan skips the others) and their hash."""
+    landed = sorted({r[0] for r in retracted.select("_ingested_at").distinct().collect()})  # a few batches
+    bronze = spark.read.format("delta").load(table_path(root, "bronze.events")).where(
+        F.col("_ingested_at").isin(landed))
+    records = bronze.select(F.struct(*bronze.columns).alias("_raw")).withColumn(
+        "_content_hash", content_hash(F.col("_raw"))).select("_raw", "_content_hash", "_raw._ingested_at",
+                                                             "_raw._source_file")
+    return records.dropDuplicates(["_content_hash", "_ingested_at", "_source_file"])
+
+
+def _rejected_output(rows: DataFrame, batch_id: int) -> DataFrame:
+    raw_fields = [f.name for f in spec(REJECTED).schema.fields
+                  if f.name not in ("event_id", "reasons", "event_date", "_batch_id", "_content_hash")]
+    return rows.select(
+        "event_id", F.col("_reasons").alias("reasons"), *[F.col(f"_raw.{f}").alias(f) for f in raw_fields],
+        "event_date", F.lit(batch_id).cast("long").alias("_batch_id"), "_content_hash",
     )
 
 
+def cleanse_events(spark: SparkSession, settings: Settings, stage: StageResult) -> Tally:
+    root = settings.lakehouse.root
+    rules = rules_dir(settings)
+    event_types = load_event_types(rules).synonyms
+    bots = load_bot_rules(rules)
+    expectations = _expectations_for(spark, rules, EVENTS)
+    tally = Tally()
+    if current_version(spark, table_path(root, "bronze.events")) >= 0:
+        for key in (EVENTS, REJECTED, IDENTITY, DAILY):
+            ensure_table(spark, root, key)
+
+        def handle(batch: Batch) -> None:
+            parsed = batch.df.transform(parse_events(event_types)).transform(assign_event_ids).persist()
+            try:
+                per_day = parsed.groupBy("event_date").count().collect()  # one row per day: bronze rows counted
+                _cleanse_batch(spark, settings, batch, parsed, per_day, tally, event_types, bots.user_agent_regex,
+                               expectations)
+            finally:
+                parsed.unpersist()
+
+        process_new(root, "cleanse/events", _bronze_stream(spark, root, "bronze.events"), handle)
+        for key in (EVENTS, REJECTED, IDENTITY, DAILY):
+            stage.versions[key] = current_version(spark, table_path(root, key))
+    _record(stage, "events", EVENTS, tally, REASON_CODES, expectations)
+    return tally
+
+
+def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed: DataFrame, per_day: list,
+                   tally: Tally, event_types: dict[str, str], bot_regex: str,
+                   expectations: tuple[Expectation, ...]) -> None:
+    root, cleanse = settings.lakehouse.root, settings.cleanse
+    bronze_rows = sum(r["count"] for r in per_day)
+    dates = sorted(r["event_date"] for r in per_day if r["event_date"] is not None)
+    # What earlier batches judged on these days; rows of this batch (a replay) never count.
+    known = neighbours = None
+    if holds_rows(spark, root, EVENTS) or holds_rows(spark, root, REJECTED):
+        earlier = F.col("_batch_id") != batch.batch_id
+        silver = spark.read.format("delta").load(table_path(root, EVENTS)).where(earlier)
+        rejected = spark.read.format("delta").load(table_path(root, REJECTED)).where(earlier)
+        lookback = _around(dates, cleanse.duplicate_lookback_days)
+        known = judged_events(_with_dates(silver, lookback), _with_dates(rejected, lookback, with_null=True))
+        near = _around(dates, 1)
+        neighbours = as_neighbours(_with_dates(silver, near),
+                                   _with_dates(rejected, near).transform(rejected_as_parsed(event_types)),
+                                   [e.name for e in expectations if e.action == "drop"])
+    # Checkpoints cut the lineage each window rule reads twice; the result feeds every write.
+    rows = parsed.transform(judge_rows(utc_now(), cleanse.max_clock_skew_minutes, bot_regex, known))
+    if neighbours is not None:
+        rows = rows.unionByName(neighbours, allowMissingColumns=True)
+    rows = rows.localCheckpoint()
+    classified = rows.transform(judge_windows(
+        cleanse.bot_max_events_per_minute, cleanse.double_load_window_seconds,
+        [(e.name, e.expect, e.action) for e in expectations])).localCheckpoint()
+    try:
+        new = classified.where(~F.col("_neighbour"))
+        outcomes, reasons, failed, checked = _judgements(new)
+        _check_expectations(EVENTS, expectations, failed)
+        retract = classified.where(F.col("_neighbour") & F.col("_in_silver") & (F.col("_outcome") == "rejected"))
+
+        # 1. rejected rows: this batch's, then silver rows a window now catches (with their bronze record)
+        written_rejected = 0
+        if outcomes["rejected"]:
+            rows = _rejected_output(new.where(F.col("_outcome") == "rejected"), batch.batch_id)
+            written_rejected = append(rows, root, REJECTED, txn=batch.txn(REJECTED))["rows"]
+        retracted = 0
+        if not retract.isEmpty():
+            records = _bronze_records(spark, root, retract)
+            caught = retract.select("event_id", "_reasons", "event_date", "_ingested_at", "_source_file",
+                                    "_content_hash").join(records, ["_content_hash", "_ingested_at", "_source_file"])
+            retracted = append(_rejected_output(caught, batch.batch_id), root, REJECTED,
+                               txn=batch.txn(f"{REJECTED}:retracted"))["rows"]
+
+        # 2. identity map, 3. this batch's clean rows, stitched through it
+        clean = new.where(F.col("_outcome") == "silver")
+        pairs = identity_pairs(clean)
+        if holds_rows(spark, root, IDENTITY):
+            merge(spark, root, IDENTITY, lambda t: t.alias("t").merge(
+                pairs.alias("s"), "t.anonymous_id = s.anonymous_id")
+                  .whenMatchedUpdate(
+                      condition="s.last_seen_at >= t.last_seen_at",
+                      set={"customer_id": "s.customer_id", "last_seen_at": "s.last_seen_at",
+                           "first_seen_at": "least(t.first_seen_at, s.first_seen_at)"})
+                  .whenMatchedUpdate(set={"first_seen_at": "least(t.first_seen_at, s.first_seen_at)"})
+                  .whenNotMatchedInsertAll(), txn=batch.txn(IDENTITY))
+        else:  # nothing to match: one append of one row per device
+            append(pairs, root, IDENTITY, txn=batch.txn(IDENTITY))
+        identity_map = spark.read.format("delta").load(table_path(root, IDENTITY))
+        silver_rows = clean.transform(stitch_identities(identity_map)).withColumn(
+            "_batch_id", F.lit(batch.batch_id).cast("long")).select(*SILVER_COLUMNS)
+        written_silver = 0
+        if outcomes["silver"]:
+            written_silver = append(silver_rows, root, EVENTS, txn=batch.txn(EVENTS))["rows"]
+
+        # 4. earlier silver rows: retracted, or stitched to the customer their device now maps to
+        since = min(dates) - timedelta(days=cleanse.stitch_lookback_days) if dates else None
+        changes = retract.select("event_id", "event_date", "customer_id", F.lit("retract").alias("_op"))
+        stitched = _stitchable(spark, root, batch, pairs, since, identity_map)
+        if stitched is not None:
+            changes = changes.unionByName(stitched.withColumn("_op", F.lit("stitch")))
+        changes = changes.persist()
+        try:
+            changed_days = sorted(r[0] for r in changes.select("event_date").distinct().collect())  # a few days
+            if changed_days:
+                done = merge(spark, root, EVENTS, lambda t: t.alias("t").merge(
+                    changes.alias("s"), "t.event_id = s.event_id AND t.event_date = s.event_date AND "
+                    + dates_in("t.event_date", changed_days))
+                    .whenMatchedDelete(condition="s._op = 'retract'")
+                    .whenMatchedUpdate(condition="s._op = 'stitch'", set={"customer_id": "s.customer_id"}),
+                    txn=batch.txn(f"{EVENTS}:changes"))
+                tally.stitched += done["num_updated_rows"]
+            # 5. the daily state of every customer-day touched, from silver as it now is
+            touched = touched_days([silver_rows, changes])
+            _refresh_daily_state(spark, root, batch, touched, sorted({*dates, *changed_days}))
+        finally:
+            changes.unpersist()
+
+        replayed = (outcomes["silver"] and not written_silver) or (outcomes["rejected"] and not written_rejected)
+        if not replayed:  # a replayed batch's writes were skipped: nothing to count them by
+            _balance(EVENTS, bronze_rows, written_silver, written_rejected, outcomes["duplicate"])
+        tally.batches += 1
+        tally.bronze_rows += bronze_rows
+        tally.silver_rows += outcomes["silver"] - retracted
+        tally.rejected_rows += outcomes["rejected"] + retracted
+        tally.duplicates += outcomes["duplicate"]
+        tally.retracted += retracted
+        tally.reasons.update(reasons)
+        tally.failed.update(failed)
+        tally.checked += checked
+    finally:
+        classified.unpersist()
+
+
+def _stitchable(spark: SparkSession, root: str, batch: Batch, pairs: DataFrame, since: date | None,
+                identity_map: DataFrame) -> DataFrame | None:
+    """Silver rows of earlier batches with only an anonymous id that this batch's logins map."""
+    if since is None:
+        return None
+    devices = pairs.select("anonymous_id")
+    mapped = identity_map.join(devices, "anonymous_id", "left_semi").select(
+        "anonymous_id", F.col("customer_id").alias("_mapped"))
+    silver = spark.read.format("delta").load(table_path(root, EVENTS))
+    return (
+        silver.where((F.col("event_date") >= F.lit(since)) & F.col("customer_id").isNull()
+                     & F.col("anonymous_id").isNotNull() & (F.col("_batch_id") != batch.batch_id))
+        .select("event_id", "event_date", "anonymous_id")
+        .join(mapped, "anonymous_id")
+        .select("event_id", "event_date", F.col("_mapped").alias("customer_id"))
+    )
+
+
+def _refresh_daily_state(spark: SparkSession, root: str, batch: Batch, touched: DataFrame,
+                         dates: list[date]) -> None:
+    """Recompute ``gold.customer_daily`` for the touched (customer, day) pairs from silver."""
+    if not dates:
+        return
+    silver = spark.read.format("delta").load(table_path(root, EVENTS)).where(F.col("event_date").isin(dates))
+    keys = touched.where(F.col("event_date").isin(dates))
+    fresh = silver.select(*STATE_EVENT_COLUMNS).join(keys, ["customer_id", "event_date"], "left_semi").transform(
+        daily_aggregates())
+    if not holds_rows(spark, root, DAILY):  # nothing to match: the first days, appended
+        append(fresh, root, DAILY, txn=batch.txn(DAILY))
+        return
+    # a touched day without events left (retracted) deletes its row
+    source = keys.join(fresh, ["customer_id", "event_date"], "left")
+    merge(spark, root, DAILY, lambda t: t.alias("t").merge(
+        source.alias("s"),
+        f"t.customer_id = s.customer_id AND t.event_date = s.event_date AND {dates_in('t.event_date', dates)}")
+        .whenMatchedDelete(condition="s.events IS NULL")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll(condition="s.events IS NOT NULL"),
+        txn=batch.txn(DAILY))
+
+
 # -- customers ------------------------------------------------------------------------------------
-def cleanse_customers(spark: SparkSession, settings: Settings) -> CleanseResult:
-    root, pipeline = settings.lakehouse.root, "silver.customers"
+def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResult) -> Tally:
+    root = settings.lakehouse.root
     rules = rules_dir(settings)
     locations = load_locations(rules)
-    expectations = _expectations_for(spark, rules, pipeline)
-    with job_run(spark, root, "cleanse_customers", settings.env) as run:
-        result = CleanseResult(pipeline, run.run_id)
-        batch = _plan(spark, root, pipeline, run.run_id)
-        if batch is None:
-            return result
-        result.batch_id, result.resumed = batch.batch_id, batch.resumed
+    expectations = _expectations_for(spark, rules, CUSTOMERS)
+    tally = Tally()
+    if current_version(spark, table_path(root, "bronze.crm")) < 0:
+        _record(stage, "customers", CUSTOMERS, tally, CUSTOMER_REASON_CODES, expectations)
+        return tally
+    for key in (CUSTOMERS, HISTORY, REJECTED_CUSTOMERS):
+        ensure_table(spark, root, key)
+
+    def handle(batch: Batch) -> None:
+        bronze_rows = batch.df.count()
         parsed = (
-            _bronze_changes(spark, root, batch)
-            .transform(parse_customers(locations.cities, locations.countries, batch.processed_at.date()))
+            batch.df.transform(parse_customers(locations.cities, locations.countries, utc_now().date()))
             .withColumn("_duplicate", F.lit(False))  # a CRM record is a version, never a duplicate
+            .withColumn("_judged_at", F.when(F.size("_reasons") > 0, 0).otherwise(99))
+            .withColumn("_neighbour", F.lit(False))
             .transform(apply_expectations([(e.name, e.expect, e.action) for e in expectations]))
             .withColumn("_outcome", F.when(F.size("_reasons") > 0, "rejected").otherwise("silver"))
             .withColumn("_batch_id", F.lit(batch.batch_id).cast("long"))
             .persist()
         )
         try:
-            tally = _tally(parsed)
-            _check_expectations(pipeline, expectations, tally)
-            result.bronze_rows = tally.total
-            result.rejected_rows = tally.outcomes["rejected"]
-            result.reasons = dict(tally.reasons)
-            usable = parsed.where(F.col("_outcome") == "silver")
-            newest = latest_per_customer(usable).select(
-                *PROFILE_COLUMNS, "_source_file", "_ingested_at", "_bronze_version", "_content_hash",
-                "_batch_id",
-            )
-            _merge_once(
-                spark, root, pipeline, batch, run.run_id,
-                lambda table: table.alias("t").merge(newest.alias("s"), "t.customer_id = s.customer_id")
-                .whenMatchedUpdateAll(condition="s.updated_at > t.updated_at")
-                .whenNotMatchedInsertAll()
-                .execute(),
-            )
-            history_before = _as_of(
-                spark, root, "silver.customers_history", _history_version(spark, root, batch)
-            )
-            if history_before is None:
-                history_before = spark.createDataFrame([], spec("silver.customers_history").schema)
-            history = rebuild_history(history_before, usable)
-            _merge_once(
-                spark, root, "silver.customers_history", batch, run.run_id,
-                lambda table: table.alias("t").merge(
-                    history.alias("s"), "t.customer_id = s.customer_id AND t.valid_from = s.valid_from")
-                .whenMatchedUpdateAll()
-                .whenNotMatchedInsertAll()
-                .execute(),
-            )
+            outcomes, reasons, failed, checked = _judgements(parsed)
+            _check_expectations(CUSTOMERS, expectations, failed)
             rejected = parsed.where(F.col("_outcome") == "rejected").select(
-                F.col("_reasons").alias("reasons"), "_raw.*", "_bronze_version", "_batch_id",
-            )
-            _append_once(spark, root, "silver.rejected_customers", batch, run.run_id, rejected)
-            _append_once(spark, root, DQ_RESULTS, batch, run.run_id,
-                         _dq_rows(spark, run.run_id, batch, pipeline, expectations, tally))
+                F.col("_reasons").alias("reasons"), "_raw.*", "_batch_id")
+            written_rejected = 0
+            if outcomes["rejected"]:
+                written_rejected = append(rejected, root, REJECTED_CUSTOMERS, txn=batch.txn(REJECTED_CUSTOMERS))["rows"]
+            usable = parsed.where(F.col("_outcome") == "silver")
+            if outcomes["silver"]:
+                newest = latest_per_customer(usable).select(*PROFILE_COLUMNS, "_source_file", "_ingested_at",
+                                                            "_content_hash", "_batch_id")
+                if holds_rows(spark, root, CUSTOMERS):
+                    merge(spark, root, CUSTOMERS, lambda t: t.alias("t").merge(
+                        newest.alias("s"), "t.customer_id = s.customer_id")
+                        .whenMatchedUpdateAll(condition="s.updated_at > t.updated_at")
+                        .whenNotMatchedInsertAll(), txn=batch.txn(CUSTOMERS))
+                else:
+                    append(newest, root, CUSTOMERS, txn=batch.txn(CUSTOMERS))
+                if holds_rows(spark, root, HISTORY):
+                    history = rebuild_history(spark.read.format("delta").load(table_path(root, HISTORY)), usable)
+                    merge(spark, root, HISTORY, lambda t: t.alias("t").merge(
+                        history.alias("s"), "t.customer_id = s.customer_id AND t.valid_from = s.valid_from")
+                        .whenMatchedUpdateAll()
+                        .whenNotMatchedInsertAll(), txn=batch.txn(HISTORY))
+                else:
+                    empty = spark.createDataFrame([], spec(HISTORY).schema)
+                    append(rebuild_history(empty, usable), root, HISTORY, txn=batch.txn(HISTORY))
             # Every usable record is either the customer's current row or a history version.
-            result.silver_rows = tally.outcomes["silver"]
-            _balance(result, tally.outcomes["silver"])
+            if not (outcomes["rejected"] and not written_rejected):
+                _balance(CUSTOMERS, bronze_rows, outcomes["silver"], written_rejected, 0)
+            tally.batches += 1
+            tally.bronze_rows += sum(outcomes.values())
+            tally.silver_rows += outcomes["silver"]
+            tally.rejected_rows += outcomes["rejected"]
+            tally.reasons.update(reasons)
+            tally.failed.update(failed)
+            tally.checked += checked
         finally:
             parsed.unpersist()
-        _log_batch(spark, root, batch, "committed", run.run_id)
-        _record(run, result, tally, pipeline, latest_version(spark, table_path(root, pipeline)),
-                CUSTOMER_REASON_CODES, expectations)
-        run.delta_versions["silver.customers_history"] = latest_version(
-            spark, table_path(root, "silver.customers_history"))
-        return result
+
+    process_new(root, "cleanse/customers", _bronze_stream(spark, root, "bronze.crm"), handle)
+    _record(stage, "customers", CUSTOMERS, tally, CUSTOMER_REASON_CODES, expectations)
+    for key in (CUSTOMERS, HISTORY, REJECTED_CUSTOMERS):
+        stage.versions[key] = current_version(spark, table_path(root, key))
+    return tally
 
 
-def _history_version(spark: SparkSession, root: str, batch: Batch) -> int | None:
-    """The history as it was before this batch touched it (a retry must not see its own rows)."""
-    path = table_path(root, "silver.customers_history")
-    if not is_delta_table(spark, path):
-        return None
-    own = version_with_marker(spark, path, pipeline=batch.pipeline, batch_id=batch.batch_id)
-    return latest_version(spark, path) if own is None else (own - 1 if own > 0 else None)
-
-
-def cleanse(spark: SparkSession, settings: Settings, events: bool = True, customers: bool = True
-            ) -> list[CleanseResult]:
-    results = []
+def cleanse_stage(spark: SparkSession, settings: Settings, stage: StageResult, events: bool = True,
+                  customers: bool = True) -> None:
     if events:
-        results.append(cleanse_events(spark, settings))
+        cleanse_events(spark, settings, stage)
     if customers:
-        results.append(cleanse_customers(spark, settings))
-    return results
+        cleanse_customers(spark, settings, stage)
+
+
+def cleanse(spark: SparkSession, settings: Settings, events: bool = True, customers: bool = True) -> StageResult:
+    """``lakehouse cleanse``: one stage, recorded."""
+    return run_stage(spark, settings.lakehouse.root, settings.env, "cleanse",
+                     lambda stage: cleanse_stage(spark, settings, stage, events, customers))
 

@@ -1,132 +1,53 @@
 """Bronze landing: new files of a source -> ``bronze.events`` / ``bronze.crm``, exactly once.
 
-Each run of a source works in one *batch*, tracked in ``ops.landed_files`` the way a streaming
-checkpoint tracks offsets:
-
-1. plan: the files not yet landed are written to ``ops.landed_files`` under the next batch id;
-2. write: the batch's rows are appended to bronze in one Delta commit that carries the
-   source and batch id (``txnAppId``/``txnVersion`` and the commit's ``userMetadata``);
-3. commit: the batch's files are marked committed with the bronze version.
-
-A run that dies after 1 or 2 leaves a planned batch; the next run finishes exactly that batch
-(skipping the write if bronze already holds it) before planning a new one, so a file is landed
-once whatever happens, and re-running or re-copying a landed file adds nothing.
+Each source is a Structured Streaming file source over its landing folder (see
+:mod:`jobs.runtime.streams`): the checkpoint ``_checkpoints/ingest/{source}`` records which files
+each micro-batch took, so a file is landed once, whatever happens, and a file re-copied under the
+same name adds nothing. A micro-batch reads its files with the source's mapping (JSON lines, or
+CSV grouped by header) and appends them to bronze in one commit carrying the batch's transaction
+id. Which file landed in which bronze version stays answerable: :func:`landed_files` reads the
+checkpoint's record of files per batch and the bronze commits of each batch.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.runtime import fs
 from jobs.runtime.errors import InputError
-from jobs.runtime.runlog import job_run, utc_now
+from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings, SourceSettings
-from jobs.runtime.tables import (
-    append_rows,
-    commit_marker,
-    ensure_table,
-    latest_version,
-    spec,
-    table_path,
-    version_with_marker,
-)
-from transforms.bronze import (
-    conform_to,
-    map_csv_records,
-    parse_json_records,
-    with_landing_metadata,
-)
+from jobs.runtime.streams import Batch, checkpoint_path, process_new
+from jobs.runtime.tables import append, current_version, ensure_table, spec, table_path
+from transforms.bronze import conform_to, map_csv_records, parse_json_records, with_landing_metadata
 
-LANDED_FILES = "ops.landed_files"
 BRONZE_TABLES = {"events": "bronze.events", "crm": "bronze.crm"}
 SUFFIXES = {
     "json": (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
     "csv": (".csv", ".csv.gz", ".tsv", ".txt"),
 }
+FILE_LISTING = "path string, modificationTime timestamp, length long, content binary"
 
 
-@dataclass(frozen=True)
-class IngestResult:
-    source: str
-    table: str
-    run_id: str
-    batch_id: int | None
-    files: int
-    rows: int
-    corrupt_rows: int
-    table_version: int | None
-    resumed: bool = False
+def stream_name(source: SourceSettings) -> str:
+    return f"ingest/{source.name}"
 
 
-@dataclass(frozen=True)
-class Batch:
-    batch_id: int
-    files: list[tuple[str, int, datetime]]  # path, size, modified_at
-    resumed: bool
-
-    @property
-    def paths(self) -> list[str]:
-        return [path for path, _, _ in self.files]
-
-
-def _landed_log(spark: SparkSession, settings: Settings, source: SourceSettings) -> DataFrame:
-    root = settings.lakehouse.root
-    ensure_table(spark, root, LANDED_FILES)
+def _new_files(spark: SparkSession, settings: Settings, source: SourceSettings) -> DataFrame:
+    """A stream of the landing folder's new files: their paths only (contents are not read)."""
     return (
-        spark.read.format("delta").load(table_path(root, LANDED_FILES))
-        .where(F.col("source") == source.name)
+        spark.readStream.format("binaryFile").schema(FILE_LISTING)
+        .option("recursiveFileLookup", "true")
+        .option("maxFilesPerTrigger", settings.ingest.max_files_per_batch)
+        .option("maxFileAge", settings.ingest.max_file_age)
+        .load(settings.source_path(source))
+        .select("path")
     )
-
-
-def _log_files(
-    spark: SparkSession, settings: Settings, source: SourceSettings, rows: list[tuple]
-) -> int:
-    """Append rows to ops.landed_files; the new version."""
-    return latest_version(spark, append_rows(spark, settings.lakehouse.root, LANDED_FILES, rows))
-
-
-def _pending_or_new_batch(
-    spark: SparkSession, settings: Settings, source: SourceSettings, run_id: str
-) -> Batch | None:
-    """The source's unfinished batch if a run died mid-way, else a new one of unseen files."""
-    log = _landed_log(spark, settings, source)
-    # One row per file and status: file metadata, never data, reaches the driver.
-    entries = log.select("batch_id", "path", "size", "modified_at", "status").collect()
-    committed = {r["batch_id"] for r in entries if r["status"] == "committed"}
-    pending = sorted(
-        (r for r in entries if r["status"] == "planned" and r["batch_id"] not in committed),
-        key=lambda r: (r["batch_id"], r["path"]),
-    )
-    if pending:
-        batch_id = pending[0]["batch_id"]
-        files = [(r["path"], r["size"], r["modified_at"]) for r in pending if r["batch_id"] == batch_id]
-        return Batch(batch_id, files, resumed=True)
-
-    seen = {r["path"] for r in entries}
-    found = fs.list_files(spark, settings.source_path(source), SUFFIXES[source.format])
-    new = [(f.path, f.size, f.modified_at) for f in found if f.path not in seen]
-    if not new:
-        return None
-    batch = Batch(max((r["batch_id"] for r in entries), default=0) + 1, new, resumed=False)
-    _log_files(spark, settings, source, _log_rows(source, batch, "planned", None, run_id))
-    return batch
-
-
-def _log_rows(
-    source: SourceSettings, batch: Batch, status: str, version: int | None, run_id: str
-) -> list[tuple]:
-    now = utc_now()
-    return [
-        (source.name, batch.batch_id, path, size, modified_at, status,
-         BRONZE_TABLES[source.kind], version, run_id, now)
-        for path, size, modified_at in batch.files
-    ]
 
 
 def _read_json(spark: SparkSession, source: SourceSettings, files: list[str]) -> DataFrame:
@@ -135,7 +56,7 @@ def _read_json(spark: SparkSession, source: SourceSettings, files: list[str]) ->
         .select("value", F.col("_metadata.file_path").alias("_source_file"))
         .where(F.trim("value") != "")
     )
-    return lines.transform(parse_json_records(source))
+    return lines.transform(parse_json_records(source.mapping()))
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -148,13 +69,18 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def _csv_header(line: str, delimiter: str) -> list[str]:
+    import csv
+
+    return next(iter(csv.reader([line], delimiter=delimiter)), [])
+
+
 def _read_csv(spark: SparkSession, source: SourceSettings, files: list[str]) -> DataFrame:
     """CSV files grouped by header line, so exports whose columns differ or move still map."""
     delimiter = source.options.get("delimiter", source.options.get("sep", ","))
     by_header: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for path in files:
-        header_line = fs.read_first_line(spark, path)
-        header = next(iter(_csv_header(header_line, delimiter)), [])
+        header = _csv_header(fs.read_first_line(spark, path), delimiter)
         by_header[tuple(_unique(header))].append(path)
     frames = []
     for header, paths in by_header.items():
@@ -172,69 +98,17 @@ def _read_csv(spark: SparkSession, source: SourceSettings, files: list[str]) -> 
             .csv(paths)
             .withColumn("_source_file", F.col("_metadata.file_path"))
         )
-        frames.append(raw.transform(map_csv_records(source, list(header))))
+        frames.append(raw.transform(map_csv_records(source.mapping(), list(header))))
     result = frames[0]
     for frame in frames[1:]:
         result = result.unionByName(frame)
     return result
 
 
-def _csv_header(line: str, delimiter: str) -> list[list[str]]:
-    import csv
-
-    return list(csv.reader([line], delimiter=delimiter))
-
-
-def _land(
-    spark: SparkSession, settings: Settings, source: SourceSettings, batch: Batch, run_id: str,
-    ingested_at: datetime,
-) -> tuple[int, int, int]:
+def ingest_source(spark: SparkSession, settings: Settings, source: SourceSettings, stage: StageResult) -> None:
+    """Land every not-yet-landed file of one source (see the module docstring)."""
     from jobs.tools.privacy import erased_filter, without_erased
 
-    """Append the batch to bronze in one idempotent commit; (version, rows, corrupt rows)."""
-    key = BRONZE_TABLES[source.kind]
-    read = _read_json if source.format == "json" else _read_csv
-    observation = Observation(f"landing_{run_id}")
-    rows = (
-        read(spark, source, batch.paths)
-        .transform(without_erased(erased_filter(spark, settings), source.kind))  # right to be forgotten
-        .transform(with_landing_metadata(source.name, run_id, ingested_at))
-        .transform(conform_to(spec(key).schema))
-        .observe(
-            observation,
-            F.count(F.lit(1)).alias("rows"),
-            F.count("_corrupt_record").alias("corrupt_rows"),
-        )
-    )
-    (
-        rows.write.format("delta")
-        .mode("append")
-        .option("txnAppId", f"ingest:{source.name}")
-        .option("txnVersion", batch.batch_id)
-        .option("userMetadata", commit_marker(run_id=run_id, source=source.name, batch_id=batch.batch_id))
-        .save(table_path(settings.lakehouse.root, key))
-    )
-    metrics = observation.get
-    version = latest_version(spark, table_path(settings.lakehouse.root, key))
-    return version, int(metrics["rows"]), int(metrics["corrupt_rows"])
-
-
-def _batch_counts(
-    spark: SparkSession, settings: Settings, key: str, version: int
-) -> tuple[int, int]:
-    """Rows and corrupt rows of a batch an earlier, interrupted run already wrote."""
-    counts = (
-        spark.read.format("delta").option("readChangeFeed", "true")
-        .option("startingVersion", version).option("endingVersion", version)
-        .load(table_path(settings.lakehouse.root, key))
-        .agg(F.count(F.lit(1)).alias("rows"), F.count("_corrupt_record").alias("corrupt"))
-        .first()
-    )
-    return int(counts["rows"]), int(counts["corrupt"])
-
-
-def ingest_source(spark: SparkSession, settings: Settings, source: SourceSettings) -> IngestResult:
-    """Land every not-yet-landed file of one source (see the module docstring)."""
     landing_path = settings.source_path(source)
     if not fs.exists(spark, landing_path):
         raise InputError(
@@ -243,35 +117,78 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
         )
     root = settings.lakehouse.root
     key = BRONZE_TABLES[source.kind]
-    with job_run(spark, root, f"ingest_{source.kind}:{source.name}", settings.env) as run:
-        ensure_table(spark, root, key)
-        batch = _pending_or_new_batch(spark, settings, source, run.run_id)
-        if batch is None:
-            return IngestResult(source.name, key, run.run_id, None, 0, 0, 0, None)
-        version = version_with_marker(
-            spark, table_path(root, key), source=source.name, batch_id=batch.batch_id
+    ensure_table(spark, root, key)
+    erased = erased_filter(spark, settings)  # right to be forgotten: read once per stage
+    read = _read_json if source.format == "json" else _read_csv
+    totals = {"files": 0, "rows": 0, "corrupt": 0, "batches": 0}
+
+    def land(batch: Batch) -> None:
+        paths = [r["path"] for r in batch.df.collect()]  # one row per file: metadata, never data
+        files = [p for p in paths if p.lower().endswith(SUFFIXES[source.format])]
+        if not files:
+            return
+        rows = (
+            read(spark, source, files)
+            .transform(without_erased(erased, source.kind))
+            .transform(with_landing_metadata(source.name, stage.run_id, utc_now()))
+            .transform(conform_to(spec(key).schema))
         )
-        if version is None:
-            version, rows, corrupt = _land(spark, settings, source, batch, run.run_id, utc_now())
-        else:
-            rows, corrupt = _batch_counts(spark, settings, key, version)
-        landed_version = _log_files(
-            spark, settings, source, _log_rows(source, batch, "committed", version, run.run_id)
-        )
-        run.rows_in = run.rows_out = rows
-        run.delta_versions = {key: version, LANDED_FILES: landed_version}
-        run.metrics = {"files": len(batch.files), "corrupt_rows": corrupt, "batch_id": batch.batch_id}
-        return IngestResult(
-            source.name, key, run.run_id, batch.batch_id, len(batch.files), rows, corrupt,
-            version, resumed=batch.resumed,
-        )
+        written = append(rows, root, key, txn=batch.txn(key),
+                         metadata={"run_id": stage.run_id, "source": source.name, "batch_id": batch.batch_id,
+                                   "files": len(files)},
+                         metrics={"corrupt": F.count("_corrupt_record")})
+        totals["files"] += len(files)
+        totals["rows"] += written["rows"]
+        totals["corrupt"] += written["corrupt"]
+        totals["batches"] += 1
+
+    process_new(root, stream_name(source), _new_files(spark, settings, source), land)
+    stage.rows_in += totals["rows"]
+    stage.rows_out += totals["rows"]
+    stage.versions[key] = current_version(spark, table_path(root, key))
+    for name, value in totals.items():
+        stage.metrics[f"{source.name}.{name}"] = value
+    stage.details.setdefault("sources", []).append(
+        {"source": source.name, "table": key, **totals, "version": stage.versions[key]})
 
 
-def ingest(
-    spark: SparkSession, settings: Settings, kind: str, source_name: str | None = None
-) -> list[IngestResult]:
+def ingest_stage(spark: SparkSession, settings: Settings, stage: StageResult,
+                 kinds: tuple[str, ...] = ("events", "crm"), source_name: str | None = None) -> None:
     """Land the named source, or every source configured under ``ingest.<kind>_sources``."""
-    configured = settings.ingest.event_sources if kind == "events" else settings.ingest.crm_sources
-    names = [source_name] if source_name else list(configured)
-    sources = [settings.source(name, kind) for name in names]
-    return [ingest_source(spark, settings, source) for source in sources]
+    for kind in kinds:
+        configured = settings.ingest.event_sources if kind == "events" else settings.ingest.crm_sources
+        names = [source_name] if source_name else list(configured)
+        for source in [settings.source(name, kind) for name in names]:
+            ingest_source(spark, settings, source, stage)
+
+
+def ingest(spark: SparkSession, settings: Settings, kind: str, source_name: str | None = None) -> StageResult:
+    """``lakehouse ingest events|crm``: one stage, recorded."""
+    return run_stage(spark, settings.lakehouse.root, settings.env, "ingest",
+                     lambda stage: ingest_stage(spark, settings, stage, (kind,), source_name))
+
+
+def landed_files(spark: SparkSession, settings: Settings, source: SourceSettings) -> list[dict[str, object]]:
+    """Every file the source landed: its micro-batch and the bronze version holding its rows,
+    from the stream's checkpoint (files per batch) and bronze's commits (batch -> version)."""
+    folder = f"{checkpoint_path(settings.lakehouse.root, stream_name(source))}/sources/0"
+    batch_of: dict[str, int] = {}
+    for name in fs.list_names(spark, folder):
+        if name.startswith(".") or not name.split(".")[0].isdigit():
+            continue
+        for line in fs.read_text(spark, f"{folder}/{name}").splitlines()[1:]:
+            entry = json.loads(line)
+            path = entry["path"]
+            if path.lower().endswith(SUFFIXES[source.format]):  # others were seen and passed over
+                batch_of[path.replace("file:///", "file:/", 1)] = int(entry["batchId"])
+    key = BRONZE_TABLES[source.kind]
+    version_of: dict[int, int] = {}
+    path = table_path(settings.lakehouse.root, key)
+    if current_version(spark, path) >= 0:
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").where(F.col("userMetadata").isNotNull())
+        for row in history.select("version", "userMetadata").collect():  # one row per commit
+            meta = json.loads(row["userMetadata"])
+            if meta.get("source") == source.name and "batch_id" in meta:
+                version_of.setdefault(int(meta["batch_id"]), int(row["version"]))
+    return [{"source": source.name, "path": p, "batch_id": b, "table": key, "version": version_of.get(b)}
+            for p, b in sorted(batch_of.items())]

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from pyspark.sql import SparkSession
 
 from jobs.runtime.errors import LakehouseError
-from jobs.runtime.runlog import job_run
+from jobs.runtime.runlog import Run, StageResult, recorded
 from jobs.runtime.settings import Settings
 
-
-@dataclass
-class StageResult:
-    stage: str
-    rows_in: int = 0
-    rows_out: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-    versions: dict[str, int] = field(default_factory=dict)
-    segments: list[tuple[str, int, int, int]] = field(default_factory=list)  # id, size, entered, exited
+StageFn = Callable[[SparkSession, Settings, datetime, StageResult], None]
 
 
 class StageFailed(LakehouseError):
@@ -32,44 +21,30 @@ class StageFailed(LakehouseError):
 
 
 def _ingest(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.stages.ingest import ingest
+    from jobs.stages.ingest import ingest_stage
 
-    for kind in ("events", "crm"):
-        for result in ingest(spark, settings, kind):
-            stage.rows_in += result.rows
-            stage.rows_out += result.rows
-            if result.table_version is not None:
-                stage.versions[result.table] = result.table_version
+    ingest_stage(spark, settings, stage)
 
 
 def _cleanse(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.stages.cleanse import cleanse
+    from jobs.stages.cleanse import cleanse_stage
 
-    for result in cleanse(spark, settings):
-        stage.rows_in += result.bronze_rows
-        stage.rows_out += result.silver_rows
-        stage.rejected += result.rejected_rows
+    cleanse_stage(spark, settings, stage)
 
 
 def _features(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.stages.gold import build_features
+    from jobs.stages.features import features_stage
 
-    result = build_features(spark, settings, as_of)
-    stage.rows_out = result.customers
-    stage.versions["gold.customer_features"] = result.version
+    features_stage(spark, settings, as_of, stage)
 
 
 def _segment(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    from jobs.stages.gold import run_segments
+    from jobs.stages.segment import segment_stage
 
-    result = run_segments(spark, settings, as_of)
-    stage.rows_in = len(result.changes)
-    stage.rows_out = sum(size for _, size, _, _ in result.changes)
-    stage.versions["gold.segment_membership"] = result.version
-    stage.segments = result.changes
+    segment_stage(spark, settings, as_of, stage, features_ready=True)
 
 
-STAGES: tuple[tuple[str, Callable[[SparkSession, Settings, datetime, StageResult], None]], ...] = (
+STAGES: tuple[tuple[str, StageFn], ...] = (
     ("ingest", _ingest),
     ("cleanse", _cleanse),
     ("features", _features),
@@ -77,48 +52,36 @@ STAGES: tuple[tuple[str, Callable[[SparkSession, Settings, datetime, StageResult
 )
 
 
-def _sync_stage(name: str) -> Callable[[SparkSession, Settings, datetime, StageResult], None]:
+def _sync_stage(name: str) -> StageFn:
     def stage_fn(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-        from jobs.stages.sync import sync
+        from jobs.stages.sync import sync_stage
 
-        result = sync(spark, settings, name)
-        stage.rows_in = sum(s.adds + s.removes + s.updates for s in result.segments)
-        stage.rows_out = stage.rows_in - sum(s.failed for s in result.segments)
-        stage.rejected = sum(s.failed for s in result.segments)
+        sync_stage(spark, settings, name, stage)
 
     return stage_fn
 
 
-def run_pipeline(
-    spark: SparkSession, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = ()
-) -> list[StageResult]:
-    """ingest -> cleanse -> features -> segment (-> sync to each destination); a failure stops
-    the run and names its stage.
+def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = ()) -> list[StageResult]:
+    """ingest -> cleanse -> features -> segment (-> sync to each destination) as stages of ``run``;
+    a failure stops the run and names its stage."""
+    from jobs.destinations import destination
 
-    The run is one row (job ``run``) in ``ops.job_runs``; each stage also records its own.
-    """
-    results: list[StageResult] = []
-    with job_run(spark, settings.lakehouse.root, "run", settings.env) as run:
-        from jobs.destinations import destination
+    for name in sync_to:
+        destination(settings, name)  # an unknown destination fails before any stage runs
+    stages = [*STAGES, *[(f"sync:{name}", _sync_stage(name)) for name in sync_to]]
+    for name, stage_fn in stages:
+        try:
+            with run.stage(name) as stage:
+                stage_fn(run.spark, settings, as_of, stage)
+        except LakehouseError as exc:
+            raise type(exc)(f"stage {name} failed: {exc}") from None
+        except Exception as exc:
+            raise StageFailed(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+    return run.stages
 
-        for name in sync_to:
-            destination(settings, name)  # an unknown destination fails before any stage runs
-        stages = [*STAGES, *[(f"sync:{name}", _sync_stage(name)) for name in sync_to]]
-        for name, stage_fn in stages:
-            stage = StageResult(name)
-            started = time.perf_counter()
-            try:
-                stage_fn(spark, settings, as_of, stage)
-            except LakehouseError as exc:
-                raise type(exc)(f"stage {name} failed: {exc}") from None
-            except Exception as exc:
-                raise StageFailed(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
-            stage.seconds = time.perf_counter() - started
-            results.append(stage)
-        first = results[0]
-        run.rows_in = first.rows_in
-        run.rows_out = next(s.rows_out for s in results if s.stage == "segment")
-        run.rows_rejected = sum(s.rejected for s in results)
-        run.delta_versions = {k: v for s in results for k, v in s.versions.items()}
-        run.metrics = {f"ms.{s.stage}": int(s.seconds * 1000) for s in results}
-    return results
+
+def run_pipeline(spark: SparkSession, settings: Settings, as_of: datetime,
+                 sync_to: tuple[str, ...] = ()) -> list[StageResult]:
+    """The whole pipeline as one command (``job`` ``run``): one ``ops.job_runs`` commit at the end."""
+    with recorded(spark, settings.lakehouse.root, "run", settings.env) as run:
+        return run_stages(run, settings, as_of, sync_to)

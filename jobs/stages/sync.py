@@ -1,14 +1,19 @@
 """``lakehouse sync``: send each segment's membership and attribute changes to a destination.
 
-What the destination holds is kept as a ledger of acknowledged changes (``ops.sync_ledger``).
-Each run compares the desired state (current members who consent, with their template
-attributes) with the ledger, so changes are netted, a customer without consent is never added
-or updated and is removed if they were there, and rows a destination refused or never
-acknowledged are simply still different next time. Batches are appended to the ledger as they
-are acknowledged, so a run killed anywhere resumes without sending an acknowledged change
-again; a batch sent but not yet acknowledged is sent again with the same idempotency key (a
-hash of its content). ``ops.sync_state`` advances once every batch of the run is acknowledged
-or its refused rows are recorded in ``ops.sync_failures``.
+What a destination holds is a compact state (``ops.sync_state``: per destination, segment and
+customer, the attribute hash it was sent) plus the batches acknowledged since the state was last
+folded (``ops.sync_ledger`` rows after the state's ``through_batch_seq``; the ledger's statistics
+let that read skip every older file). Each run compares the desired state (current members who
+consent, with their template attributes) with it, so changes are netted, a customer without
+consent is never added or updated and is removed if they were there, and rows a destination
+refused or never acknowledged are simply still different next time.
+
+Every batch is one ledger commit as it is acknowledged — its changes, each ``acknowledged`` or
+``refused`` with the error — so a run killed anywhere resumes without sending an acknowledged
+change again; a batch sent but not yet acknowledged is sent again with the same idempotency key.
+Once more than ``sync.fold_after_batches`` batches follow the state, the run folds them into it in
+one more commit, so what a sync reads stays bounded; a destination with no changes costs no
+commit and no request.
 """
 
 from __future__ import annotations
@@ -26,13 +31,21 @@ from pyspark.sql import functions as F
 
 from jobs.destinations import Destination, destination
 from jobs.runtime.errors import InputError, LakehouseError
-from jobs.runtime.runlog import job_run, utc_now
+from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings
-from jobs.runtime.tables import append_rows, is_delta_table, latest_version, read_or_empty, table_path
-from transforms.sync import ACTION_ORDER, TEMPLATE_FIELDS, delivered_members, desired_members, plan_changes
+from jobs.runtime.tables import append_rows, current_version, overwrite, read_or_empty, table_path
+from transforms.sync import (
+    ACKNOWLEDGED,
+    ACTION_ORDER,
+    REFUSED,
+    TEMPLATE_FIELDS,
+    delivered_members,
+    desired_members,
+    plan_changes,
+)
 
 MEMBERSHIP, FEATURES = "gold.segment_membership", "gold.customer_features"
-LEDGER, STATE, LOG, FAILURES = "ops.sync_ledger", "ops.sync_state", "ops.sync_log", "ops.sync_failures"
+LEDGER, STATE = "ops.sync_ledger", "ops.sync_state"
 
 
 class LargeChange(LakehouseError):
@@ -50,15 +63,6 @@ class SegmentSync:
     batches: int = 0
     delivered_before: int = 0
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-
-@dataclass
-class SyncResult:
-    destination: str
-    run_id: str
-    version: int
-    dry_run: bool
-    segments: list[SegmentSync]
 
 
 def batch_key(destination_name: str, segment_id: str, rows: list[dict[str, Any]]) -> str:
@@ -90,74 +94,140 @@ def _payload(row: Row) -> dict[str, Any]:
     return payload
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """A destination's compact state and the ledger batches after it."""
+
+    state: DataFrame
+    through: int  # the last batch the state folds in (-1: none)
+    next_seq: int
+
+    def tail(self, spark: SparkSession, root: str, name: str, until: int | None = None) -> DataFrame:
+        later = (F.col("destination") == name) & (F.col("batch_seq") > self.through)
+        if until is not None:
+            later = later & (F.col("batch_seq") <= until)
+        return read_or_empty(spark, root, LEDGER).where(later)
+
+    def members(self, spark: SparkSession, root: str, name: str, until: int | None = None) -> DataFrame:
+        return delivered_members(self.state, self.tail(spark, root, name, until))
+
+
+def _delivered(spark: SparkSession, root: str, name: str) -> Delivered:
+    state = read_or_empty(spark, root, STATE).where(F.col("destination") == name)
+    through = state.agg(F.max("through_batch_seq")).first()[0]
+    through = -1 if through is None else int(through)
+    partial = Delivered(state, through, through + 1)
+    last = partial.tail(spark, root, name).agg(F.max("batch_seq")).first()[0]
+    return Delivered(state, through, max(through, -1 if last is None else int(last)) + 1)
+
+
 def sync(
     spark: SparkSession, settings: Settings, destination_name: str, segment_ids: tuple[str, ...] = (),
     dry_run: bool = False, full_refresh: bool = False, allow_large_change: bool = False,
     progress: Callable[[int, int], Any] | None = None,
-) -> SyncResult:
+) -> StageResult:
+    """``lakehouse sync DESTINATION``: one stage, recorded (a dry run records nothing)."""
+
+    def body(stage: StageResult) -> None:
+        sync_stage(spark, settings, destination_name, stage, segment_ids, dry_run, full_refresh,
+                   allow_large_change, progress)
+
+    if dry_run:
+        stage = StageResult(f"sync:{destination_name}", "dry-run")
+        body(stage)
+        return stage
+    return run_stage(spark, settings.lakehouse.root, settings.env, f"sync:{destination_name}", body)
+
+
+def sync_stage(
+    spark: SparkSession, settings: Settings, destination_name: str, stage: StageResult,
+    segment_ids: tuple[str, ...] = (), dry_run: bool = False, full_refresh: bool = False,
+    allow_large_change: bool = False, progress: Callable[[int, int], Any] | None = None,
+) -> None:
     root = settings.lakehouse.root
     target: Destination = destination(settings, destination_name)
-    if not is_delta_table(spark, table_path(root, MEMBERSHIP)):
+    version = current_version(spark, table_path(root, MEMBERSHIP))
+    if version < 1:
         raise InputError("no segment membership yet: run `lakehouse segment` first")
-    version = latest_version(spark, table_path(root, MEMBERSHIP))
     membership = spark.read.format("delta").option("versionAsOf", version).load(table_path(root, MEMBERSHIP))
-    known = {r[0] for r in membership.select("segment_id").distinct().collect()}  # one row per segment
-    ledger = read_or_empty(spark, root, LEDGER).where(F.col("destination") == destination_name)
-    known |= {r[0] for r in ledger.select("segment_id").distinct().collect()}
-    unknown = sorted(set(segment_ids) - known)
-    if unknown:
-        raise InputError(f"unknown segment {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
-    chosen = sorted(segment_ids or known)
-
-    desired = membership.where(F.col("segment_id").isin(chosen)).transform(
-        desired_members(read_or_empty(spark, root, FEATURES)))
-    delivered = delivered_members(ledger.where(F.col("segment_id").isin(chosen)))
-    changes = desired.transform(plan_changes(delivered, full_refresh)).persist()
+    held = _delivered(spark, root, destination_name)
+    delivered = held.members(spark, root, destination_name).persist()
     try:
-        counts = Counter({(r["segment_id"], r["action"]): r["count"]
-                          for r in changes.groupBy("segment_id", "action").count().collect()})
         sizes = {r["segment_id"]: r["count"] for r in delivered.groupBy("segment_id").count().collect()}
-        synced = {r["segment_id"]: r["v"] for r in read_or_empty(spark, root, STATE)
-                  .where(F.col("destination") == destination_name)
-                  .groupBy("segment_id").agg(F.max("synced_version").alias("v")).collect()}
-        plan = [SegmentSync(s, synced.get(s), counts[(s, "add")], counts[(s, "remove")], counts[(s, "update")],
-                            delivered_before=sizes.get(s, 0)) for s in chosen]
-        _guard(plan, settings.sync.max_remove_share, allow_large_change)
-        target.prepare(chosen)
-        if dry_run:
-            for segment in plan:
-                for action in ("add", "remove", "update"):
-                    sample = (changes.where((F.col("segment_id") == segment.segment_id) & (F.col("action") == action))
-                              .orderBy("customer_id").limit(settings.sync.sample_rows).collect())
-                    segment.samples[action] = [_payload(r) for r in sample]
-            return SyncResult(destination_name, "dry-run", version, True, plan)
-        with job_run(spark, root, f"sync:{destination_name}", settings.env) as run:
-            by_segment = {s.segment_id: s for s in plan}
-            batch_numbers: dict[str, int] = defaultdict(int)
-            size = settings.sync.batch_size
-            total = sum(-(-(s.adds + s.removes + s.updates) // size) for s in plan)
-            for done, (segment_id, rows) in enumerate(_batches(changes, size), start=1):
-                batch_numbers[segment_id] += 1
-                _send(spark, settings, target, run.run_id, version, by_segment[segment_id],
-                      batch_numbers[segment_id], rows)
-                if progress:
-                    progress(done, total)
-            now = utc_now()
-            append_rows(spark, root, STATE, [
-                (destination_name, s.segment_id, version, run.run_id, s.adds, s.removes, s.updates, s.failed, now)
-                for s in plan])
-            target.finish(run.run_id, {
-                "run_id": run.run_id, "destination": destination_name, "membership_version": version,
-                "segments": {s.segment_id: {"adds": s.adds, "removes": s.removes, "updates": s.updates,
-                                            "failed": s.failed, "batches": s.batches} for s in plan},
-            })
-            run.rows_in = sum(s.adds + s.removes + s.updates for s in plan)
-            run.rows_out = run.rows_in - sum(s.failed for s in plan)
-            run.rows_rejected = sum(s.failed for s in plan)
-            run.delta_versions = {MEMBERSHIP: version}
-            return SyncResult(destination_name, run.run_id, version, False, plan)
+        known = {r[0] for r in membership.select("segment_id").distinct().collect()} | set(sizes)  # one per segment
+        unknown = sorted(set(segment_ids) - known)
+        if unknown:
+            raise InputError(f"unknown segment {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
+        chosen = sorted(segment_ids or known)
+        desired = membership.where(F.col("segment_id").isin(chosen)).transform(
+            desired_members(read_or_empty(spark, root, FEATURES)))
+        changes = desired.transform(plan_changes(delivered.where(F.col("segment_id").isin(chosen)),
+                                                 full_refresh)).persist()
+        try:
+            _send_changes(spark, settings, target, stage, version, chosen, changes, sizes, held,
+                          dry_run, allow_large_change, progress)
+        finally:
+            changes.unpersist()
     finally:
-        changes.unpersist()
+        delivered.unpersist()
+
+
+def _send_changes(spark: SparkSession, settings: Settings, target: Destination, stage: StageResult, version: int,
+                  chosen: list[str], changes: DataFrame, sizes: dict[str, int], held: Delivered,
+                  dry_run: bool, allow_large_change: bool, progress: Callable[[int, int], Any] | None) -> None:
+    root = settings.lakehouse.root
+    counts = Counter({(r["segment_id"], r["action"]): r["count"]
+                      for r in changes.groupBy("segment_id", "action").count().collect()})
+    plan = [SegmentSync(s, version, counts[(s, "add")], counts[(s, "remove")], counts[(s, "update")],
+                        delivered_before=sizes.get(s, 0)) for s in chosen]
+    _guard(plan, settings.sync.max_remove_share, allow_large_change)
+    stage.details.update({"destination": target.name, "version": version, "dry_run": dry_run, "plan": plan})
+    if dry_run:
+        target.prepare(chosen)
+        for segment in plan:
+            for action in ("add", "remove", "update"):
+                sample = (changes.where((F.col("segment_id") == segment.segment_id) & (F.col("action") == action))
+                          .orderBy("customer_id").limit(settings.sync.sample_rows).collect())
+                segment.samples[action] = [_payload(r) for r in sample]
+        return
+    total_changes = sum(s.adds + s.removes + s.updates for s in plan)
+    if total_changes:
+        target.prepare(chosen)
+        by_segment = {s.segment_id: s for s in plan}
+        batch_numbers: dict[str, int] = defaultdict(int)
+        size = settings.sync.batch_size
+        total = sum(-(-(s.adds + s.removes + s.updates) // size) for s in plan)
+        next_seq = held.next_seq
+        for done, (segment_id, rows) in enumerate(_batches(changes, size), start=1):
+            batch_numbers[segment_id] += 1
+            _send(spark, root, target, stage.run_id, version, by_segment[segment_id], batch_numbers[segment_id],
+                  next_seq, rows)
+            next_seq += 1
+            if progress:
+                progress(done, total)
+        if next_seq - 1 - held.through >= settings.sync.fold_after_batches:
+            _fold_state(spark, root, target.name, held, next_seq - 1)
+        target.finish(stage.run_id, {
+            "run_id": stage.run_id, "destination": target.name, "membership_version": version,
+            "segments": {s.segment_id: {"adds": s.adds, "removes": s.removes, "updates": s.updates,
+                                        "failed": s.failed, "batches": s.batches} for s in plan},
+        })
+    stage.rows_in = total_changes
+    stage.rejected = sum(s.failed for s in plan)
+    stage.rows_out = total_changes - stage.rejected
+    stage.versions[MEMBERSHIP] = version
+    stage.sync = [(s.segment_id, s.adds, s.removes, s.updates, s.failed, s.batches, version) for s in plan]
+
+
+def _fold_state(spark: SparkSession, root: str, name: str, held: Delivered, through: int) -> None:
+    """What the destination now holds, as its new compact state, in one commit."""
+    folded = held.members(spark, root, name, until=through)
+    now = utc_now()
+    rows = folded.select(F.lit(name).alias("destination"), "segment_id", "customer_id", "attr_hash",
+                         F.lit(now).cast("timestamp").alias("delivered_at"),
+                         F.lit(through).cast("long").alias("through_batch_seq"))
+    watermark = spark.createDataFrame([(name, None, None, None, now, through)], rows.schema)
+    overwrite(rows.unionByName(watermark), root, STATE, replace_where=f"destination = '{name}'")
 
 
 def _guard(plan: list[SegmentSync], max_share: float, allowed: bool) -> None:
@@ -173,23 +243,18 @@ def _guard(plan: list[SegmentSync], max_share: float, allowed: bool) -> None:
             )
 
 
-def _send(spark: SparkSession, settings: Settings, target: Destination, run_id: str, version: int,
-          segment: SegmentSync, batch_no: int, rows: list[dict[str, Any]]) -> None:
+def _send(spark: SparkSession, root: str, target: Destination, run_id: str, version: int, segment: SegmentSync,
+          batch_no: int, batch_seq: int, rows: list[dict[str, Any]]) -> None:
     key = batch_key(target.name, segment.segment_id, rows)
     started = time.perf_counter()
     result = target.send(run_id, segment.segment_id, batch_no, key, rows)
     seconds = time.perf_counter() - started
     failed = dict(result.failed)
     now = utc_now()
-    root = settings.lakehouse.root
     append_rows(spark, root, LEDGER, [
-        (target.name, segment.segment_id, row["customer_id"], row["action"], row["attr_hash"], key, run_id, now,
-         seq) for seq, row in enumerate(rows) if row["customer_id"] not in failed])
-    append_rows(spark, root, FAILURES, [
-        (target.name, segment.segment_id, row["customer_id"], row["action"], failed[row["customer_id"]],
-         key, run_id, now) for row in rows if row["customer_id"] in failed])
-    append_rows(spark, root, LOG, [(
-        target.name, segment.segment_id, run_id, segment.synced_version, version, batch_no, key, len(rows),
-        result.attempts, result.http_status, "partial" if failed else "acknowledged", seconds, now)])
+        (target.name, segment.segment_id, row["customer_id"], row["action"], row["attr_hash"],
+         REFUSED if row["customer_id"] in failed else ACKNOWLEDGED, failed.get(row["customer_id"]), key, batch_no,
+         batch_seq, seq, result.attempts, result.http_status, seconds, version, run_id, now)
+        for seq, row in enumerate(rows)])
     segment.failed += len(failed)
     segment.batches += 1

@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs.runtime.runlog import JOB_RUNS
-from jobs.runtime.tables import REGISTRY, is_delta_table, table_path
+from jobs.runtime.tables import REGISTRY, VIEWS, is_delta_table, read_table, table_path
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class TableStatus:
     last_run_id: str | None = None
     last_run_job: str | None = None
     last_run_status: str | None = None
+    kind: str = "table"
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -73,4 +74,11 @@ def table_statuses(spark: SparkSession, root: str) -> list[TableStatus]:
             last_commit_at=history["timestamp"], last_run_id=run_id, last_run_job=job,
             last_run_status=status,
         ))
+    for key, view in VIEWS.items():
+        source = table_path(root, view.source)
+        if not is_delta_table(spark, source):
+            statuses.append(TableStatus(key, f"view of {view.source}", exists=False, kind="view"))
+            continue
+        rows = read_table(spark, root, key).count()
+        statuses.append(TableStatus(key, f"view of {view.source}", exists=True, rows=rows, kind="view"))
     return statuses

@@ -36,13 +36,13 @@ from jobs.runtime.errors import InputError
 from jobs.runtime.runlog import job_run, utc_now
 from jobs.runtime.secrets import SecretSource
 from jobs.runtime.settings import Settings
-from jobs.runtime.tables import append_rows, commit_marker, commit_metadata, is_delta_table, read_or_empty, table_path
+from jobs.runtime.tables import append_rows, holds_rows, is_delta_table, merge, read_or_empty, table_path
 
 ERASURE_LOG = "ops.erasure_log"
 EVENT_TABLES = ("bronze.events", "silver.events", "silver.rejected_events")
 CRM_TABLES = ("bronze.crm", "silver.customers", "silver.customers_history", "silver.rejected_customers")
-BY_CUSTOMER = ("silver.identity_map", "gold.customer_features", "gold.segment_membership",
-               "ops.sync_ledger", "ops.sync_failures")
+BY_CUSTOMER = ("silver.identity_map", "gold.customer_daily", "gold.customer_features", "gold.segment_membership",
+               "ops.sync_ledger", "ops.sync_state")
 
 
 @dataclass
@@ -68,9 +68,9 @@ def _salt(settings: Settings) -> str:
 
 def erased_filter(spark: SparkSession, settings: Settings) -> tuple[str, DataFrame] | None:
     """(salt, one column ``hash``) of every erased identifier, or None when nobody was erased."""
-    log = read_or_empty(spark, settings.lakehouse.root, ERASURE_LOG)
-    if log.isEmpty():
+    if not holds_rows(spark, settings.lakehouse.root, ERASURE_LOG):
         return None
+    log = read_or_empty(spark, settings.lakehouse.root, ERASURE_LOG)
     hashes = log.select(F.explode(F.array_union(F.array("id_hash"), F.coalesce(
         "linked_hashes", F.array().cast("array<string>")))).alias("hash")).distinct()
     return _salt(settings), hashes
@@ -122,27 +122,21 @@ def _matches(key: str, ids: list[str], anonymous: list[str],
     return by_id
 
 
-def _delete(spark: SparkSession, path: str, matches: list[tuple[Callable[[Column], Column], list[str]]],
-            marker: str) -> int:
+def _delete(spark: SparkSession, root: str, key: str, matches: list[tuple[Callable[[Column], Column], list[str]]],
+            marker: dict[str, str]) -> int:
     """Delete the matching rows: one MERGE per identifier column against a small DataFrame of values.
 
     Not ``DELETE … WHERE customer_id IN (…)``: Delta keeps a DELETE's predicate, literals and all,
     in the commit's ``operationParameters``, which would write the erased ids into the table log.
     A MERGE's logged condition names only columns (``t.customer_id = s.value``)."""
-    table = DeltaTable.forPath(spark, path)
     deleted = 0
-    version = table.history(1).first()["version"]
     for condition, values in matches:
         if not values:
             continue
         source = spark.createDataFrame([(v,) for v in values], "value string")
-        with commit_metadata(spark, marker):
-            (table.alias("t").merge(F.broadcast(source).alias("s"), condition(F.col("s.value")))
-             .whenMatchedDelete().execute())
-        last = table.history(1).first()
-        if last["version"] != version:
-            version = last["version"]
-            deleted += int((last["operationMetrics"] or {}).get("numTargetRowsDeleted", 0) or 0)
+        done = merge(spark, root, key, lambda table, source=source, condition=condition: table.alias("t").merge(
+            F.broadcast(source).alias("s"), condition(F.col("s.value"))).whenMatchedDelete(), metadata=marker)
+        deleted += done["num_deleted_rows"]
     return deleted
 
 
@@ -171,12 +165,12 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
         hashed = [(salted(salt, c), linked) for c in ids]
         append_rows(spark, root, ERASURE_LOG, [
             (result.erasure_id, h, links, "requested", None, None, utc_now()) for h, links in hashed])
-        marker = commit_marker(run_id=run.run_id, erasure_id=result.erasure_id)
+        marker = {"run_id": run.run_id, "erasure_id": result.erasure_id}
         for key in (*EVENT_TABLES, *CRM_TABLES, *BY_CUSTOMER):
             path = table_path(root, key)
             if not is_delta_table(spark, path):
                 continue
-            deleted = _delete(spark, path, _matches(key, ids, anonymous, emails), marker)
+            deleted = _delete(spark, root, key, _matches(key, ids, anonymous, emails), marker)
             if deleted:
                 result.tables[key] = deleted
                 _purge(spark, path, settings.privacy.erase_vacuum_retention_hours)

@@ -5,20 +5,17 @@ from __future__ import annotations
 from pyspark.sql import Row, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.runtime.tables import is_delta_table, table_path
+from jobs.runtime.tables import read_or_empty
 
 DQ_RESULTS = "ops.dq_results"
 
 
 def latest_results(spark: SparkSession, root: str, table: str | None = None) -> list[Row]:
     """One row per (table, expectation): the most recent evaluation, ordered by table and name."""
-    path = table_path(root, DQ_RESULTS)
-    if not is_delta_table(spark, path):
-        return []
-    results = spark.read.format("delta").load(path)
+    results = read_or_empty(spark, root, DQ_RESULTS)
     if table:
         results = results.where(F.col("table") == table)
-    newest = Window.partitionBy("table", "expectation").orderBy(F.desc("evaluated_at"), F.desc("batch_id"))
+    newest = Window.partitionBy("table", "expectation").orderBy(F.desc("evaluated_at"), F.desc("run_id"))
     return (
         results.withColumn("_rank", F.row_number().over(newest))
         .where("_rank = 1")

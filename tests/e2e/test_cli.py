@@ -188,6 +188,7 @@ def test_run_stops_at_the_first_failing_stage_and_says_which(spark, tmp_path):
     result = _run(*_roots(tmp_path), "run")
     assert result.exit_code == 2
     assert result.output.startswith("error: stage ingest failed: landing path not found: ")
-    runs = read_table(spark, str(tmp_path / "lakehouse"), "ops.job_runs").collect()
-    assert [(r["job"], r["status"]) for r in runs] == [("run", "failed")]
-    assert runs[0]["error"].startswith("InputError: stage ingest failed: landing path not found")
+    runs = read_table(spark, str(tmp_path / "lakehouse"), "ops.job_runs").orderBy("job").collect()
+    assert [(r["job"], r["status"]) for r in runs] == [("ingest", "failed"), ("run", "failed")]
+    assert runs[0]["error"].startswith("InputError: landing path not found")
+    assert runs[1]["error"].startswith("InputError: stage ingest failed: landing path not found")

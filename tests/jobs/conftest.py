@@ -5,7 +5,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, table_path
-from jobs.stages.gold import run_segments
+from jobs.stages.features import rebuild_daily_state
+from jobs.stages.segment import run_segments
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -49,6 +50,7 @@ def lakehouse(spark, make_settings, tmp_path):
             [_cart(i, f"C{i}", naive - timedelta(hours=i)) for i in range(1, 7)], SILVER_EVENTS_SCHEMA)
     _append(spark, settings, "silver.customers",
             [_customer(f"C{i}", consent=i != 6) for i in range(1, 7)], CUSTOMERS_SCHEMA)
+    rebuild_daily_state(spark, settings)
     run_segments(spark, settings, T0)
     return settings
 

@@ -31,8 +31,12 @@ def _rows(spark, settings, key, order):
     return [tuple(r) for r in _table(spark, settings, key).orderBy(*order).collect()]
 
 
-def _last_run(spark, settings, job):
+def _last_run(spark, settings, job="cleanse"):
     return _table(spark, settings, "ops.job_runs").where(F.col("job") == job).orderBy(F.desc("ended_at")).first()
+
+
+def _tally(result, table="silver.events"):
+    return dict(result.details["pipelines"])[table]
 
 
 @pytest.fixture
@@ -50,13 +54,13 @@ def test_every_injected_kind_of_dirt_ends_where_the_manifest_says(spark, setting
              "unknown_types", "future_events", "invalid_timestamps", "missing_identity", "negative_prices")
     assert all(events[kind] > 0 for kind in kinds), events
 
-    events_result, customers_result = cleanse(spark, settings)
+    result = cleanse(spark, settings)
 
-    run = _last_run(spark, settings, "cleanse_events")
-    metrics = run["metrics"]
+    run = _last_run(spark, settings)
+    metrics = {k.removeprefix("events."): v for k, v in run["metrics"].items() if k.startswith("events.")}
     assert run["status"] == "succeeded"
-    assert metrics["bronze_rows"] == events["lines"] == run["rows_in"]
-    assert metrics["silver_rows"] == events["valid"] == run["rows_out"]
+    assert metrics["bronze_rows"] == events["lines"]
+    assert metrics["silver_rows"] == events["valid"]
     assert metrics["exact_duplicates"] == events["exact_duplicates"]
     assert metrics["reason.double_load"] == events["double_loads"]
     assert metrics["reason.bot_user_agent"] == events["bot_user_agent_events"]
@@ -67,10 +71,14 @@ def test_every_injected_kind_of_dirt_ends_where_the_manifest_says(spark, setting
     assert metrics["reason.invalid_timestamp"] == events["invalid_timestamps"]
     assert metrics["reason.missing_identity"] == events["missing_identity"]
     assert metrics["reason.negative_price"] == events["negative_prices"]
-    assert run["rows_rejected"] == events["lines"] - events["valid"] - events["exact_duplicates"]
+    rejected = events["lines"] - events["valid"] - events["exact_duplicates"]
+    assert metrics["rejected_rows"] == rejected
+    assert run["rows_in"] == events["lines"] + demo_lakehouse["crm"]["rows"]
+    assert run["rows_rejected"] == rejected
     assert _table(spark, settings, "silver.events").count() == events["valid"]
-    assert _table(spark, settings, "silver.rejected_events").count() == run["rows_rejected"]
-    assert customers_result.bronze_rows == demo_lakehouse["crm"]["rows"] == customers_result.silver_rows
+    assert _table(spark, settings, "silver.rejected_events").count() == rejected
+    customers = _tally(result, "silver.customers")
+    assert customers.bronze_rows == demo_lakehouse["crm"]["rows"] == customers.silver_rows
     assert _table(spark, settings, "silver.customers").count() == demo_lakehouse["crm"]["customers"]
 
     silver = _table(spark, settings, "silver.events")
@@ -83,11 +91,15 @@ def test_every_injected_kind_of_dirt_ends_where_the_manifest_says(spark, setting
         [r["anonymous_id"] for r in _table(spark, settings, "silver.identity_map").collect()])).count() == 0
 
     again = cleanse(spark, settings)
-    assert [r.batch_id for r in again] == [None, None]
+    assert (_tally(again).batches, _tally(again, "silver.customers").batches) == (0, 0)
+    assert sum(again.commits.values()) == 0
     assert silver.count() == events["valid"]
 
 
-def test_a_run_killed_mid_way_and_rerun_leaves_the_same_rows_as_one_clean_run(spark, make_settings, tmp_path):
+@pytest.mark.parametrize("killed_after", ["silver.events", "silver.identity_map", "gold.customer_daily",
+                                          "silver.customers"])
+def test_a_run_killed_after_a_data_commit_and_rerun_leaves_the_tables_of_one_clean_run(
+        spark, make_settings, tmp_path, monkeypatch, killed_after):
     clean = make_settings()
     generate(__import__("pathlib").Path(clean.landing.root), customers=25, days=1, events_per_day=250,
              seed=5, end=END)
@@ -98,33 +110,29 @@ def test_a_run_killed_mid_way_and_rerun_leaves_the_same_rows_as_one_clean_run(sp
 
     cleanse(spark, clean)
 
-    real_append = cleanse_module._append_once
+    real_append = cleanse_module.append
 
-    def die_after_silver_merge(spark_, root, key, batch, run_id, rows):
-        if key in ("silver.rejected_events", "silver.rejected_customers"):
+    def commit_then_die(df, root, key, **kwargs):
+        written = real_append(df, root, key, **kwargs)
+        if root == crashed.lakehouse.root and key == killed_after:
             raise RuntimeError("killed")
-        return real_append(spark_, root, key, batch, run_id, rows)
+        return written
 
-    cleanse_module._append_once = die_after_silver_merge
-    try:
-        with pytest.raises(RuntimeError, match="killed"):
-            cleanse(spark, crashed, events=True, customers=False)
-        with pytest.raises(RuntimeError, match="killed"):
-            cleanse(spark, crashed, events=False, customers=True)
-    finally:
-        cleanse_module._append_once = real_append
+    monkeypatch.setattr(cleanse_module, "append", commit_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        cleanse(spark, crashed)
+    monkeypatch.undo()
     resumed = cleanse(spark, crashed)
-    assert [r.resumed for r in resumed] == [True, True]
+    assert resumed.status == "succeeded"
 
-    for key, order in [("silver.events", ["event_id"]), ("silver.rejected_events", ["_content_hash_", "event_id"]),
-                       ("silver.identity_map", ["anonymous_id"]), ("silver.customers", ["customer_id"]),
-                       ("silver.customers_history", ["customer_id", "valid_from"])]:
-        order = [c for c in order if c in _table(spark, clean, key).columns] or ["event_id"]
-        columns = [c for c in _table(spark, clean, key).columns]
+    for key in ("silver.events", "silver.rejected_events", "silver.identity_map", "silver.customers",
+                "silver.customers_history", "gold.customer_daily"):
+        columns = _table(spark, clean, key).columns
         expected = sorted(map(tuple, _table(spark, clean, key).select(*columns).collect()), key=repr)
         actual = sorted(map(tuple, _table(spark, crashed, key).select(*columns).collect()), key=repr)
         assert actual == expected, key
-    assert _rows(spark, crashed, "ops.job_runs", ["ended_at"])[-1][5] == "succeeded"
+    assert [r["status"] for r in _table(spark, crashed, "ops.job_runs").orderBy("started_at").collect()] == [
+        "succeeded", "succeeded", "failed", "succeeded"]
 
 
 def test_dedup_holds_across_batches(spark, settings):
@@ -138,7 +146,7 @@ def test_dedup_holds_across_batches(spark, settings):
 
     _land(settings, "events", "b.json", [first, no_id, first | {"url": "/changed"}])
     ingest(spark, settings, "events")
-    [result] = cleanse(spark, settings, customers=False)
+    result = _tally(cleanse(spark, settings, customers=False))
 
     assert (result.bronze_rows, result.silver_rows, result.duplicates, result.reasons) == (
         3, 0, 2, {"duplicate_conflict": 1})
@@ -156,12 +164,12 @@ def _turned_away_once():
 def test_a_redelivered_file_cannot_let_through_what_was_turned_away(spark, settings):
     _land(settings, "events", "a.json", _turned_away_once())
     ingest(spark, settings, "events")
-    [first] = cleanse(spark, settings, customers=False)
+    first = _tally(cleanse(spark, settings, customers=False))
     assert first.reasons == {"double_load": 1, "bot_user_agent": 1}
 
     _land(settings, "events", "a-again.json", _turned_away_once())  # the same events, a new file name
     ingest(spark, settings, "events")
-    [again] = cleanse(spark, settings, customers=False)
+    again = _tally(cleanse(spark, settings, customers=False))
 
     assert (again.bronze_rows, again.silver_rows, again.duplicates, again.reasons) == (3, 0, 3, {})
     assert [r[0] for r in _rows(spark, settings, "silver.events", ["event_id"])] == ["v1"]
@@ -175,14 +183,15 @@ def test_a_rejected_table_from_an_earlier_release_is_upgraded_and_still_dedups(s
     ingest(spark, settings, "events")
     cleanse(spark, settings, customers=False)
     path = tables.table_path(settings.lakehouse.root, "silver.rejected_events")
-    spark.sql(f"ALTER TABLE delta.`{path}` UNSET TBLPROPERTIES ('delta.dataSkippingStatsColumns')")
+    spark.sql(f"ALTER TABLE delta.`{path}` UNSET TBLPROPERTIES ('delta.dataSkippingStatsColumns', "
+              "'lakehouse.schemaVersion')")
     old = _table(spark, settings, "silver.rejected_events").drop("_content_hash").localCheckpoint()
-    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
-    tables._CREATED.discard(path)  # as in a new process of the new release
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(path)
+    tables.forget_ensured(path)  # as in a new process of the new release
 
     _land(settings, "events", "a-again.json", _turned_away_once())
     ingest(spark, settings, "events")
-    [again] = cleanse(spark, settings, customers=False)
+    again = _tally(cleanse(spark, settings, customers=False))
 
     assert (again.silver_rows, again.duplicates, again.reasons) == (0, 3, {})
     rejected = _table(spark, settings, "silver.rejected_events")
@@ -212,7 +221,7 @@ def test_rees46_goes_through_to_silver(spark, settings):
     shutil.copy(TEST_DATA / "rees46" / "2019-Oct-sample.csv", os.path.join(settings.landing.root, "rees46"))
     ingest(spark, settings, "events", "rees46")
 
-    [result] = cleanse(spark, settings, customers=False)
+    result = _tally(cleanse(spark, settings, customers=False))
 
     assert result.bronze_rows == 1000
     assert result.bronze_rows == result.silver_rows + result.rejected_rows + result.duplicates
@@ -257,7 +266,7 @@ def test_a_failing_expectation_aborts_before_anything_is_committed(spark, make_s
     for key in ("silver.events", "silver.rejected_events", "ops.dq_results"):
         path = os.path.join(settings.lakehouse.root, *key.split("."))
         assert not os.path.exists(path) or _table(spark, settings, key).count() == 0
-    assert _last_run(spark, settings, "cleanse_events")["status"] == "failed"
+    assert _last_run(spark, settings)["status"] == "failed"
 
 
 def test_a_bad_expectation_is_refused_before_any_data_is_read(spark, make_settings, tmp_path):

@@ -10,7 +10,8 @@ from jobs.cli import cli
 from jobs.rules.segments import load_segments
 from jobs.runtime.errors import ConfigError
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
-from jobs.stages.gold import build_features, diff, history, membership_at, run_segments
+from jobs.stages.features import build_features, rebuild_daily_state
+from jobs.stages.segment import diff, history, membership_at, run_segments
 from tests.conftest import REPO
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -43,6 +44,7 @@ def gold_lakehouse(spark, settings):
     _write(spark, settings, "silver.customers", [
         {"customer_id": "C4", "city": "New York", "birth_date": date(1996, 1, 1), "email_consent": True},
     ], CUSTOMERS_SCHEMA)
+    rebuild_daily_state(spark, settings)
     return settings
 
 
@@ -51,25 +53,30 @@ def test_segment_runs_an_hour_apart_move_customers_and_time_travel_returns_the_f
     first = run_segments(spark, settings, T0)
     second = run_segments(spark, settings, T0 + timedelta(hours=1))
 
-    changes = {c[0]: c[1:] for c in first.changes}
+    changes = {c[0]: c[1:] for c in first.segments}
     assert changes["abandoned_cart_24h"] == (2, 2, 0)
     assert changes["nyc_electronics_25_35"] == (1, 1, 0)
-    assert {c[0]: c[1:] for c in second.changes}["abandoned_cart_24h"] == (2, 1, 1)
-    assert second.version == first.version + 1
+    assert {c[0]: c[1:] for c in second.segments}["abandoned_cart_24h"] == (2, 1, 1)
+    first_version, second_version = (r.versions["gold.segment_membership"] for r in (first, second))
+    assert second_version == first_version + 1
 
     root = settings.lakehouse.root
-    at_first = membership_at(spark, root, "abandoned_cart_24h", version=first.version)
+    at_first = membership_at(spark, root, "abandoned_cart_24h", version=first_version)
     assert sorted(r["customer_id"] for r in at_first.collect()) == ["C1", "C3"]
     now = {r["customer_id"]: r["entered_at"] for r in membership_at(spark, root, "abandoned_cart_24h").collect()}
     assert now == {"C2": datetime(2026, 11, 20, 13, 0), "C3": datetime(2026, 11, 20, 12, 0)}  # C3 kept entered_at
-    assert diff(spark, root, "abandoned_cart_24h", first.version, second.version) == (["C2"], ["C1"])
+    assert diff(spark, root, "abandoned_cart_24h", first_version, second_version) == (["C2"], ["C1"])
 
     runs = history(spark, root, "abandoned_cart_24h")
     assert [(r["delta_version"], r["size"], r["entered"], r["exited"]) for r in runs] == [
-        (first.version, 2, 2, 0), (second.version, 2, 1, 1)]
+        (first_version, 2, 2, 0), (second_version, 2, 1, 1)]
     assert {r["rules_hash"] for r in runs} == {first.rules_hash}
     commits = spark.sql(f"DESCRIBE HISTORY delta.`{table_path(root, 'gold.segment_membership')}`")
-    assert commits.where(F.col("version") > 0).count() == 2  # one commit per segment run
+    assert commits.where(F.col("version") > 0).count() == 2  # one commit per segment run that changed it
+
+    third = run_segments(spark, settings, T0 + timedelta(hours=1, minutes=1))  # nobody moves: no commit
+    assert third.versions["gold.segment_membership"] == second_version and third.data_commits == 0
+    assert [r["size"] for r in history(spark, root, "abandoned_cart_24h")] == [2, 2, 2]
 
 
 def test_segment_without_as_of_uses_the_features_as_of(spark, gold_lakehouse):
@@ -122,8 +129,8 @@ def test_duplicate_segment_ids_are_refused(tmp_path):
 
 
 def test_segments_commands_read_membership_over_versions(spark, gold_lakehouse):
-    first = run_segments(spark, gold_lakehouse, T0)
-    second = run_segments(spark, gold_lakehouse, T0 + timedelta(hours=1))
+    first, second = (run_segments(spark, gold_lakehouse, t).versions["gold.segment_membership"]
+                     for t in (T0, T0 + timedelta(hours=1)))
     base = ["--set", f"lakehouse.root={gold_lakehouse.lakehouse.root}", "segments"]
 
     def run(*args):
@@ -131,16 +138,16 @@ def test_segments_commands_read_membership_over_versions(spark, gold_lakehouse):
         assert result.exit_code == 0, result.output
         return result.output
 
-    shown = run("show", "abandoned_cart_24h", "--version", str(first.version))
+    shown = run("show", "abandoned_cart_24h", "--version", str(first))
     assert shown.splitlines()[0] == "abandoned_cart_24h: 2 members"
     assert [line.split()[0] for line in shown.splitlines()[3:]] == ["C1", "C3"]
     latest = run("show", "abandoned_cart_24h", "--timestamp", datetime.now(UTC).isoformat())
     assert [line.split()[0] for line in latest.splitlines()[3:]] == ["C2", "C3"]
-    assert run("diff", "abandoned_cart_24h", "--from", str(first.version), "--to", str(second.version)).splitlines() == [
-        f"abandoned_cart_24h v{first.version} -> v{second.version}: 1 entered, 1 exited", "+ C2", "- C1"]
+    assert run("diff", "abandoned_cart_24h", "--from", str(first), "--to", str(second)).splitlines() == [
+        f"abandoned_cart_24h v{first} -> v{second}: 1 entered, 1 exited", "+ C2", "- C1"]
     history_lines = run("history", "abandoned_cart_24h").splitlines()[2:]
     assert [line.split()[:1] + line.split()[3:6] for line in history_lines] == [
-        [str(first.version), "2", "2", "0"], [str(second.version), "2", "1", "1"]]
+        [str(first), "2", "2", "0"], [str(second), "2", "1", "1"]]
     listed = {line.split()[0]: line.split()[1] for line in run("list").splitlines()[2:]}
     assert listed["abandoned_cart_24h"] == "2" and listed["nyc_electronics_25_35"] == "1"
     both = CliRunner().invoke(cli, [*base, "show", "at_risk", "--version", "1", "--timestamp", "2026-11-20"])

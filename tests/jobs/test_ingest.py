@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from jobs.runtime.errors import InputError
 from jobs.runtime.tables import read_table
 from jobs.stages import ingest as ingest_module
-from jobs.stages.ingest import ingest
+from jobs.stages.ingest import ingest, landed_files
 from tests.conftest import TEST_DATA
 
 GOOD = [
@@ -33,12 +33,18 @@ def _bronze(spark, settings, key="bronze.events"):
     return read_table(spark, settings.lakehouse.root, key)
 
 
+def _landed(result):
+    """(files, rows, corrupt rows) the stage landed, over its sources."""
+    sources = result.details["sources"]
+    return tuple(sum(s[k] for s in sources) for k in ("files", "rows", "corrupt"))
+
+
 def test_lands_every_line_with_provenance_and_flags_the_corrupt_one(spark, settings):
     path = _write_events(settings, "day1.json", [*GOOD, MALFORMED, ""])
 
-    [result] = ingest(spark, settings, "events")
+    result = ingest(spark, settings, "events")
 
-    assert (result.files, result.rows, result.corrupt_rows) == (1, 3, 1)
+    assert _landed(result) == (1, 3, 1)
     bronze = _bronze(spark, settings)
     assert bronze.count() == 3
     corrupt = bronze.where(F.col("_corrupt_record").isNotNull()).first()
@@ -56,64 +62,65 @@ def test_rerun_and_relanded_file_add_nothing_new_files_land_once(spark, settings
     first = _write_events(settings, "day1.json", GOOD)
     ingest(spark, settings, "events")
 
-    [again] = ingest(spark, settings, "events")
-    assert (again.files, again.rows, again.batch_id) == (0, 0, None)
+    again = ingest(spark, settings, "events")
+    assert _landed(again) == (0, 0, 0)
+    assert sum(again.commits.values()) == 0 and again.spark_jobs == 0  # nothing new: no job, no commit
 
     shutil.copy(first, first + ".tmp")  # the same file delivered again under its own name
     os.replace(first + ".tmp", first)
-    _write_events(settings, "day2.json", [GOOD[0] | {"event_id": "e9"}])
-    [third] = ingest(spark, settings, "events")
+    second = _write_events(settings, "day2.json", [GOOD[0] | {"event_id": "e9"}])
+    third = ingest(spark, settings, "events")
 
-    assert (third.files, third.rows, third.batch_id) == (1, 1, 2)
+    assert _landed(third) == (1, 1, 0)
     assert _bronze(spark, settings).count() == 3
+    landed = {f["path"].removeprefix("file:"): (f["batch_id"], f["version"])
+              for f in landed_files(spark, settings, settings.source("web", "events"))}
+    assert landed == {first: (0, 1), second: (1, 2)}
 
 
-def test_a_run_killed_after_the_bronze_commit_is_finished_without_duplicates(spark, settings, monkeypatch):
+def test_a_run_killed_after_the_bronze_commit_lands_nothing_twice(spark, settings, monkeypatch):
     _write_events(settings, "day1.json", GOOD)
-    real_log_files = ingest_module._log_files
-    calls = []
+    real_append = ingest_module.append
 
-    def die_when_committing(spark_, settings_, source, rows):
-        calls.append(rows[0][5])
-        if rows[0][5] == "committed":
-            raise RuntimeError("driver lost")
-        return real_log_files(spark_, settings_, source, rows)
+    def commit_then_die(*args, **kwargs):
+        real_append(*args, **kwargs)
+        raise RuntimeError("driver lost")
 
-    monkeypatch.setattr(ingest_module, "_log_files", die_when_committing)
+    monkeypatch.setattr(ingest_module, "append", commit_then_die)
     with pytest.raises(RuntimeError, match="driver lost"):
         ingest(spark, settings, "events")
-    assert calls == ["planned", "committed"]
-    assert _bronze(spark, settings).count() == 2
+    assert _bronze(spark, settings).count() == 2  # the data commit happened, the checkpoint did not
     monkeypatch.undo()
 
     _write_events(settings, "day2.json", [GOOD[0] | {"event_id": "e9"}])
-    [resumed] = ingest(spark, settings, "events")
-    assert (resumed.resumed, resumed.batch_id, resumed.rows) == (True, 1, 2)
-    assert _bronze(spark, settings).count() == 2  # the batch was not written twice
-    [after] = ingest(spark, settings, "events")
-    assert (after.batch_id, after.rows) == (2, 1)
-    assert _bronze(spark, settings).count() == 3
+    resumed = ingest(spark, settings, "events")
+    assert _bronze(spark, settings).count() == 3  # the replayed batch was skipped, the new file landed
+    assert _landed(resumed)[1] == 1
+    assert ingest(spark, settings, "events").details["sources"][0]["files"] == 0
+    runs = read_table(spark, settings.lakehouse.root, "ops.job_runs").orderBy("started_at").collect()
+    assert [r["status"] for r in runs] == ["failed", "succeeded", "succeeded"]
+    assert "RuntimeError: driver lost" in runs[0]["error"]
+    assert runs[1]["commits"] == {"bronze.events": 1}
 
 
-def test_a_run_killed_after_planning_lands_the_planned_files_next_time(spark, settings, monkeypatch):
+def test_a_run_killed_before_the_bronze_commit_lands_the_files_next_time(spark, settings, monkeypatch):
     _write_events(settings, "day1.json", GOOD)
 
     def die(*args, **kwargs):
         raise RuntimeError("executor lost")
 
-    monkeypatch.setattr(ingest_module, "_land", die)
+    monkeypatch.setattr(ingest_module, "append", die)
     with pytest.raises(RuntimeError):
         ingest(spark, settings, "events")
     monkeypatch.undo()
     assert _bronze(spark, settings).count() == 0
 
-    [resumed] = ingest(spark, settings, "events")
-    assert (resumed.resumed, resumed.rows) == (True, 2)
+    resumed = ingest(spark, settings, "events")
+    assert _landed(resumed) == (1, 2, 0)
     runs = read_table(spark, settings.lakehouse.root, "ops.job_runs").orderBy("started_at").collect()
     assert [r["status"] for r in runs] == ["failed", "succeeded"]
-    assert "RuntimeError: executor lost" in runs[0]["error"]
     assert runs[1]["rows_out"] == 2
-    assert runs[1]["delta_versions"]["bronze.events"] == resumed.table_version
+    assert runs[1]["delta_versions"]["bronze.events"] == 1
 
 
 def test_rees46_sample_lands_through_configuration_alone(spark, settings):
@@ -121,9 +128,9 @@ def test_rees46_sample_lands_through_configuration_alone(spark, settings):
     os.makedirs(target)
     shutil.copy(TEST_DATA / "rees46" / "2019-Oct-sample.csv", target)
 
-    [result] = ingest(spark, settings, "events", "rees46")
+    result = ingest(spark, settings, "events", "rees46")
 
-    assert (result.rows, result.corrupt_rows) == (1000, 0)
+    assert _landed(result) == (1, 1000, 0)
     bronze = _bronze(spark, settings)
     assert bronze.where(F.col("_source") == "rees46").count() == 1000
     first = bronze.where(F.col("session_id") == "9333dfbd-b87a-4708-9857-6336556b0fcc").first()
@@ -149,9 +156,9 @@ def test_crm_exports_with_other_column_names_and_a_broken_row(spark, make_settin
             '003B,"bob@y.com,Bob\n'
         )
 
-    [result] = ingest(spark, settings, "crm")
+    result = ingest(spark, settings, "crm")
 
-    assert (result.rows, result.corrupt_rows) == (2, 1)
+    assert _landed(result) == (1, 2, 1)
     ann = _bronze(spark, settings, "bronze.crm").where(F.col("customer_id") == "003A").first()
     assert (ann["email"], ann["city"], ann["email_consent"], ann["updated_at"]) == (
         "Ann@X.com", "NYC", "true", "2026-11-01T10:00:00Z"

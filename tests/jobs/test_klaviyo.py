@@ -16,8 +16,8 @@ from jobs.destinations.limits import Limit, RateLimiter
 from jobs.runtime.errors import ConfigError
 from jobs.runtime.settings import KlaviyoDestination as KlaviyoSettings
 from jobs.runtime.settings import RetrySettings
-from jobs.runtime.tables import read_table
-from jobs.stages.gold import run_segments
+from jobs.runtime.tables import read_or_empty, read_table
+from jobs.stages.segment import run_segments
 from jobs.stages.sync import sync
 from tests.fakes.klaviyo import CONTRACTS, FakeKlaviyo
 from tests.jobs.conftest import T0, change_rows, deliveries_per_customer
@@ -165,7 +165,7 @@ def test_with_a_fifth_of_calls_failing_klaviyo_ends_with_the_exact_membership(sp
     assert log.agg(F.max("attempts")).first()[0] > 1
     everything = [first.output, second.output, third.output, caplog.text]
     for key in ("ops.sync_log", "ops.sync_failures", "ops.sync_ledger", "ops.sync_state", "ops.job_runs"):
-        everything += [json.dumps(r.asDict(), default=str) for r in read_table(spark, root, key).collect()]
+        everything += [json.dumps(r.asDict(), default=str) for r in read_or_empty(spark, root, key).collect()]
     assert not [text for text in everything if KEY in text]
 
 
@@ -193,7 +193,7 @@ def test_a_sync_killed_mid_batch_completes_exactly_on_rerun(spark, lakehouse, fa
     assert server.members(LIST) == {"C1", "C2", "C3", "C4"}
 
     result = sync(spark, settings, "klaviyo", (SEGMENT,))
-    assert result.segments[0].adds == 3  # C3 and C4 again (never acknowledged), C5 for the first time
+    assert result.details["plan"][0].adds == 3  # C3 and C4 again (never acknowledged), C5 for the first time
     assert server.members(LIST) == {"C1", "C2", "C3", "C4", "C5"} and server.violations == []
     assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}
 

@@ -29,4 +29,4 @@ def test_s3_gets_the_same_objects_as_the_file_destination_manifest_included(spar
     assert manifest["segments"]["abandoned_cart_24h"] == {"adds": 5, "removes": 0, "updates": 0, "failed": 0,
                                                           "batches": 1}
     again = sync(spark, settings, "s3", ("abandoned_cart_24h",))
-    assert again.segments[0].batches == 0
+    assert again.details["plan"][0].batches == 0

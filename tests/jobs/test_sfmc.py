@@ -95,7 +95,7 @@ def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_ro
 
     sent.append("go on")
     result = sync(spark, settings, "sfmc", (SEGMENT,))
-    assert result.segments[0].adds == 1
+    assert result.details["plan"][0].adds == 1
     assert server.members(DE) == {"C1", "C2", "C3", "C4", "C5"}
     assert server.injected and server.violations == []
     assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}

@@ -11,27 +11,30 @@ from jobs.destinations import BatchResult
 from jobs.destinations.file import FileDestination
 from jobs.runtime.settings import SyncSettings
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, read_table
-from jobs.stages.gold import run_segments
+from jobs.stages.segment import run_segments
 from jobs.stages.sync import LargeChange, sync
 from tests.jobs.conftest import T0, _append, _customer
 
 
 def _ledger_state(spark, settings, segment="abandoned_cart_24h"):
     ledger = read_table(spark, settings.lakehouse.root, "ops.sync_ledger").where(F.col("segment_id") == segment)
-    return ledger
+    return ledger.where(F.col("status") == "acknowledged")
 
 
-def _delivered(spark, settings, segment="abandoned_cart_24h"):
-    from transforms.sync import delivered_members
+def _delivered(spark, settings, segment="abandoned_cart_24h", destination="file"):
+    root = settings.lakehouse.root
+    members = sync_module._delivered(spark, root, destination).members(spark, root, destination)
+    return sorted(r["customer_id"] for r in members.where(F.col("segment_id") == segment).collect())
 
-    rows = delivered_members(_ledger_state(spark, settings, segment)).collect()
-    return sorted(r["customer_id"] for r in rows)
+
+def _plan(result):
+    return result.details["plan"]
 
 
 def test_first_sync_sends_consenting_members_and_a_second_sends_nothing(spark, lakehouse, tmp_path):
     result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
 
-    [segment] = result.segments
+    [segment] = _plan(result)
     assert (segment.adds, segment.removes, segment.updates, segment.batches) == (5, 0, 0, 1)  # C6: no consent
     assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
     files = sorted((tmp_path / "exports" / result.run_id / "abandoned_cart_24h").glob("*.jsonl"))
@@ -42,9 +45,10 @@ def test_first_sync_sends_consenting_members_and_a_second_sends_nothing(spark, l
     assert manifest["segments"]["abandoned_cart_24h"]["adds"] == 5
 
     again = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    assert [(s.adds, s.removes, s.updates, s.batches) for s in again.segments] == [(0, 0, 0, 0)]
-    state = read_table(spark, lakehouse.lakehouse.root, "ops.sync_state").orderBy("updated_at").collect()
-    assert [r["synced_version"] for r in state] == [1, 1]
+    assert [(s.adds, s.removes, s.updates, s.batches) for s in _plan(again)] == [(0, 0, 0, 0)]
+    assert sum(again.commits.values()) == 0  # nothing to send: no request, no commit
+    runs = read_table(spark, lakehouse.lakehouse.root, "ops.job_runs").where(F.col("job") == "sync:file")
+    assert [r["sync"][0]["synced_version"] for r in runs.orderBy("started_at").collect()] == [1, 1]
 
 
 def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_netted(spark, lakehouse):
@@ -57,7 +61,7 @@ def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_nett
 
     result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",), allow_large_change=True)
 
-    [segment] = result.segments
+    [segment] = _plan(result)
     assert (segment.adds, segment.removes, segment.updates) == (0, 3, 1)
     assert _delivered(spark, lakehouse) == ["C2", "C3"]
     removed = _ledger_state(spark, lakehouse).where(F.col("action") == "remove").select("customer_id").collect()
@@ -84,7 +88,7 @@ def test_a_sync_killed_after_a_batch_finishes_on_rerun_without_resending(spark, 
 
     sent.append(None)  # let every later batch through
     result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    assert result.segments[0].adds == 3
+    assert _plan(result)[0].adds == 3
     adds = _ledger_state(spark, lakehouse).where(F.col("action") == "add").groupBy("customer_id").count()
     assert {r["customer_id"]: r["count"] for r in adds.collect()} == {f"C{i}": 1 for i in range(1, 6)}
 
@@ -100,12 +104,12 @@ def test_refused_rows_are_recorded_and_sent_again_next_time(spark, lakehouse, mo
 
     monkeypatch.setattr(sync_module, "destination", lambda settings, name: Picky(str(tmp_path / "exports")))
     first = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    assert first.segments[0].failed == 1
+    assert _plan(first)[0].failed == 1
     failures = read_table(spark, lakehouse.lakehouse.root, "ops.sync_failures").collect()
     assert [(r["customer_id"], r["error"]) for r in failures] == [("C2", "400 invalid email")]
     refuse.clear()
     second = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    assert (second.segments[0].adds, second.segments[0].failed) == (1, 0)
+    assert (_plan(second)[0].adds, _plan(second)[0].failed) == (1, 0)
     assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
 
 
@@ -132,7 +136,7 @@ def test_dry_run_sends_nothing_and_full_refresh_resends_everything(spark, lakeho
 
     sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
     refreshed = sync(spark, lakehouse, "file", ("abandoned_cart_24h",), full_refresh=True)
-    assert refreshed.segments[0].adds == 5
+    assert _plan(refreshed)[0].adds == 5
 
 
 def test_unknown_segment_and_destination_are_one_line_errors(spark, lakehouse):

@@ -4,10 +4,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import types as T
 
-from jobs.runtime.settings import SourceSettings
-from transforms.bronze import conform_to, map_csv_records, parse_json_records, with_landing_metadata
+from transforms.bronze import FieldMapping, conform_to, map_csv_records, parse_json_records, with_landing_metadata
 
-WEB = SourceSettings(name="web", kind="events", format="json")
+WEB = FieldMapping("events")
 EVENT_OUT = T.StructType(
     [T.StructField(c, T.StringType()) for c in (
         "event_id", "customer_id", "anonymous_id", "session_id", "event_type", "timestamp",
@@ -80,8 +79,8 @@ def test_properties_that_are_not_an_object_are_rescued_not_lost(spark):
 
 
 def test_json_source_renames_fields_through_its_mapping(spark):
-    source = SourceSettings(
-        name="app", kind="events", format="json", properties_field=None,
+    source = FieldMapping(
+        "events", properties_field=None,
         columns={"customer_id": "userId", "event_type": "name", "timestamp": "ts"},
         properties={"price": "value"},
     )
@@ -94,8 +93,8 @@ def test_json_source_renames_fields_through_its_mapping(spark):
     assert_df_equality(_parsed(spark, source, line), expected)
 
 
-REES46 = SourceSettings(
-    name="rees46", kind="events", format="csv",
+REES46 = FieldMapping(
+    "events",
     columns={"timestamp": "event_time", "customer_id": "user_id", "session_id": "user_session"},
     properties={"price": "price", "category": "category_code", "brand": "brand"},
 )

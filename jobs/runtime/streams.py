@@ -1,0 +1,82 @@
+"""The one exactly-once mechanism of every layer: Spark's own.
+
+A stage reads what is new in its source through a Structured Streaming query — the file source
+over a landing folder, the Delta source over a bronze table — run with an ``availableNow``
+trigger and a checkpoint under ``{lakehouse.root}/_checkpoints/{name}``. The checkpoint records
+which files or table versions each micro-batch covered; a batch that fails is replayed with
+exactly the same input. Each micro-batch goes to a handler that writes idempotently: every
+write carries a Delta transaction id (``txnAppId`` = stream, query id and write name;
+``txnVersion`` = the batch id), so a write a replayed batch already made is skipped by Delta.
+No new input: no micro-batch, no Spark job, no commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame, SparkSession
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: its rows, id, and the transaction ids its writes must carry."""
+
+    batch_id: int
+    app_id: str
+    df: DataFrame
+
+    @property
+    def spark(self) -> SparkSession:
+        return self.df.sparkSession
+
+    def txn(self, write: str) -> tuple[str, int]:
+        """(txnAppId, txnVersion) of this batch's write named ``write`` (one per write it makes)."""
+        return f"{self.app_id}:{write}", self.batch_id
+
+
+@dataclass
+class StreamOutcome:
+    name: str
+    batches: list[int] = field(default_factory=list)
+
+
+def checkpoint_path(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/_checkpoints/{name}"
+
+
+def process_new(root: str, name: str, source: DataFrame, handle: Callable[[Batch], None]) -> StreamOutcome:
+    """Run ``handle`` on every micro-batch of what ``source`` (a streaming DataFrame) holds that
+    the stream ``name`` has not processed yet, then stop. An exception in ``handle`` stops the
+    stream before its checkpoint records the batch, and is raised here as it was."""
+    outcome = StreamOutcome(name)
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    def each(df: DataFrame, batch_id: int) -> None:
+        ready.wait()
+        try:
+            handle(Batch(int(batch_id), str(state["app_id"]), df))
+        except BaseException as exc:
+            state["error"] = exc
+            raise
+        outcome.batches.append(int(batch_id))
+
+    query = (
+        source.writeStream.foreachBatch(each)
+        .option("checkpointLocation", checkpoint_path(root, name))
+        .trigger(availableNow=True)
+        .start()
+    )
+    state["app_id"] = f"{name}:{query.id}"
+    ready.set()
+    try:
+        query.awaitTermination()
+    except StreamingQueryException:
+        error = state.get("error")
+        if isinstance(error, BaseException):
+            raise error from None
+        raise
+    return outcome
