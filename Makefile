@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_LANDING ?= data/landing
 
-.PHONY: install demo test lint bench package clean
+.PHONY: install demo test test-fast lint bench package clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ lint: install
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
+
+# The inner loop: transforms and job tests, no subprocess, cluster, notebook or slow job test.
+test-fast: install
+	$(BIN)/pytest -m "not e2e and not cluster and not notebook and not slow" tests/transforms tests/jobs
 
 clean:
 	rm -rf data dist spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

@@ -3,9 +3,12 @@ own lakehouse and landing zone under ``tmp_path``."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"
 
 os.environ.setdefault("SPARK_TESTING", "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an end-to-end test (make test-fast leaves them out)."""
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.e2e)
 
 
 def _settings(tmp_path: Path, *overrides: str) -> Settings:
@@ -83,3 +93,69 @@ def moto_endpoint(monkeypatch: pytest.MonkeyPatch):
         yield endpoint
     finally:
         server.stop()
+
+
+# -- one small demo lakehouse per test session ------------------------------------------------
+DEMO_AS_OF = "2026-11-19T12:00:00Z"
+DEMO_LATER = "2026-11-20T00:00:00Z"
+
+
+def demo_conf(base: Path, top: str = "", destinations: str = "") -> Path:
+    """A settings file for a lakehouse under ``base`` (the project's source mappings beside it):
+    ``top`` adds top-level settings, ``destinations`` entries under ``destinations``."""
+    if not (base / "sources").exists():
+        (base / "sources").symlink_to(REPO / "conf" / "sources")
+    path = base / "demo.yaml"
+    path.write_text(f"lakehouse: {{root: {base / 'lakehouse'}}}\nlanding: {{root: {base / 'landing'}}}\n"
+                    f"spark: {{master: 'local[2]', profile: test}}\n{top}"
+                    f"destinations:\n  file: {{path: {base / 'exports'}}}\n{destinations}")
+    return path
+
+
+@dataclass(frozen=True)
+class DemoLakehouse:
+    """A demo landing zone taken through ``lakehouse run --sync file`` (as of DEMO_AS_OF), then a
+    second segment run (DEMO_LATER) and a second sync (half a day on, the 24-hour carts have left:
+    ``--allow-large-change``): what the CLI printed is in ``outputs``."""
+
+    base: Path
+    conf: Path
+    manifest: dict
+    outputs: dict[str, str]
+
+    @property
+    def root(self) -> str:
+        return str(self.base / "lakehouse")
+
+    def settings(self, *overrides: str) -> Settings:
+        return load_settings(conf_path=self.conf, overrides=list(overrides))
+
+    def copy(self, dest: Path, top: str = "", destinations: str = "") -> DemoLakehouse:
+        """The same lakehouse, landing zone and exports under ``dest``, for a test that changes them."""
+        for part in ("landing", "lakehouse", "exports"):
+            shutil.copytree(self.base / part, dest / part, symlinks=True)
+        return DemoLakehouse(dest, demo_conf(dest, top, destinations), self.manifest, self.outputs)
+
+
+@pytest.fixture(scope="session")
+def demo_lakehouse(spark, tmp_path_factory: pytest.TempPathFactory) -> DemoLakehouse:
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+
+    base = tmp_path_factory.mktemp("demo-lakehouse")
+    conf = demo_conf(base)
+    runner = CliRunner()
+    outputs = {}
+    for name, args in (
+        ("generate", ["demo", "generate", "--out", str(base / "landing"), "--customers", "40", "--days", "2",
+                      "--events-per-day", "250", "--seed", "5", "--end", DEMO_LATER]),  # every kind of dirt
+        ("run", ["--conf", str(conf), "run", "--as-of", DEMO_AS_OF, "--sync", "file", "--verbose"]),
+        ("segment", ["--conf", str(conf), "segment", "--as-of", DEMO_LATER]),
+        ("sync", ["--conf", str(conf), "sync", "file", "--allow-large-change"]),
+    ):
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.output
+    manifest = json.loads((base / "landing" / "manifest.json").read_text())
+    return DemoLakehouse(base, conf, manifest, outputs)

@@ -14,7 +14,7 @@ second: the result equals :func:`transforms.gold_features.customer_features` ove
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 from pyspark.sql import Column, DataFrame
@@ -153,14 +153,3 @@ def features_from_state(as_of: datetime, abandonment_window: timedelta, state: D
     """``gold.customer_features`` rows as of ``as_of`` from the daily state (see the module doc)."""
     activity = activity_from_state(as_of, abandonment_window, state, boundary_events)
     return assemble_features(as_of, activity, customers)
-
-
-def touched_days(frames: Sequence[DataFrame]) -> DataFrame:
-    """Distinct (customer_id, event_date) of the given frames' identified rows."""
-    keys = [f.where(F.col("customer_id").isNotNull() & F.col("event_date").isNotNull())
-            .select("customer_id", "event_date") for f in frames]
-    result = keys[0]
-    for frame in keys[1:]:
-        result = result.unionByName(frame)
-    return result.distinct()
-

@@ -107,8 +107,9 @@ def _lookup(mapping: Mapping[str, str], key: Column) -> Column:
     return F.element_at(F.create_map(*pairs), key)
 
 
-def parse_events(event_types: Mapping[str, str]) -> Transform:
-    """Bronze columns -> canonical silver columns, the bronze record kept in ``_raw``.
+def parse_events(event_types: Mapping[str, str], keep_raw: bool = True) -> Transform:
+    """Bronze columns -> canonical silver columns, the bronze record kept in ``_raw`` (unless
+    ``keep_raw`` is off: a job that finds the record again later need not carry it).
 
     ``event_types`` maps :func:`name_key` of each known name to its canonical type; unknown
     names give a null ``event_type``. Product ids are trimmed and upper-cased, categories
@@ -121,8 +122,11 @@ def parse_events(event_types: Mapping[str, str]) -> Transform:
         rescued = F.coalesce(F.from_json("_rescued_data", STRING_MAP), _empty_map())
         category = F.lower(_blank_to_null(props["category"]))
         event_ts = parse_timestamp(F.col("timestamp"))
+        raw = [F.struct(*RAW_EVENT_FIELDS).alias("_raw")] if keep_raw else []
         return df.select(
-            F.struct(*RAW_EVENT_FIELDS).alias("_raw"),
+            *raw,
+            _blank_to_null(F.col("event_id")).alias("_sent_id"),
+            content_hash(F.struct(*RAW_EVENT_FIELDS)).alias("_content_hash"),
             _blank_to_null(F.col("customer_id")).alias("customer_id"),
             _blank_to_null(F.col("anonymous_id")).alias("anonymous_id"),
             _blank_to_null(F.col("session_id")).alias("session_id"),
@@ -144,6 +148,8 @@ def parse_events(event_types: Mapping[str, str]) -> Transform:
             ).alias("properties"),
             F.col("_source_file"),
             F.col("_ingested_at"),
+            F.col("_corrupt_record").isNotNull().alias("_corrupt"),
+            _blank_to_null(props["price"]).alias("_price_text"),
             F.array().cast(STRINGS).alias("_reasons"),
             F.lit(False).alias("_duplicate"),
             F.lit(NOT_JUDGED).alias("_judged_at"),
@@ -160,15 +166,10 @@ def content_hash(raw: Column) -> Column:
 
 
 def assign_event_ids(df: DataFrame) -> DataFrame:
-    """``_content_hash`` of what was sent, and ``event_id``: the sent id, or ``gen-`` + the
-    content hash for events sent without one (deterministic)."""
-    return df.withColumn("_content_hash", content_hash(F.col("_raw"))).withColumn(
-        "event_id",
-        F.coalesce(
-            _blank_to_null(F.col("_raw.event_id")),
-            F.concat(F.lit("gen-"), F.substring("_content_hash", 1, 32)),
-        ),
-    )
+    """``event_id``: the sent id, or ``gen-`` + the content hash (of what was sent, not where or
+    when it landed) for events sent without one (deterministic)."""
+    return df.withColumn(
+        "event_id", F.coalesce(F.col("_sent_id"), F.concat(F.lit("gen-"), F.substring("_content_hash", 1, 32))))
 
 
 def _open(step: int) -> Column:
@@ -187,7 +188,7 @@ def _judge(df: DataFrame, step: int, condition: Column, reason: str | Column) ->
 
 
 def reject_corrupt(df: DataFrame) -> DataFrame:
-    return _judge(df, STEP["corrupt"], F.col("_raw._corrupt_record").isNotNull(), "corrupt_record")
+    return _judge(df, STEP["corrupt"], F.col("_corrupt"), "corrupt_record")
 
 
 def judged_events(kept: DataFrame | None, rejected: DataFrame | None) -> DataFrame | None:
@@ -201,7 +202,7 @@ def judged_events(kept: DataFrame | None, rejected: DataFrame | None) -> DataFra
         F.min_by("_content_hash", "_rank").alias("_content_hash"))
 
 
-def mark_duplicates(existing: DataFrame | None) -> Transform:
+def mark_duplicates(existing: DataFrame | None, few_repeats: bool = True) -> Transform:
     """Exact ``event_id`` repeats: the first landed is kept; a later one with the same content
     is a collapsed ``duplicate``, with other content it is rejected as ``duplicate_conflict``.
 
@@ -209,7 +210,9 @@ def mark_duplicates(existing: DataFrame | None) -> Transform:
     in silver or rejected: a repeat of one of those is judged the same way, so dedup holds across
     batches and a re-delivered file cannot let through what was turned away the first time. A
     known event without a hash (rejected before hashes were kept) takes the batch's first copy's.
-    Only rows whose id repeats (in the batch or among ``existing``) go through the window.
+    Only rows whose id repeats (in the batch or among ``existing``) go through the window; with
+    ``few_repeats`` (the caller expects them to be a small share) their ids are broadcast, so the
+    batch's rows are not shuffled to find them.
     """
 
     def transform(df: DataFrame) -> DataFrame:
@@ -223,7 +226,7 @@ def mark_duplicates(existing: DataFrame | None) -> Transform:
             known_ids = ids.join(known, "event_id", "left_semi").select("event_id")
             repeated = repeated.unionByName(known_ids).distinct()
         repeated = repeated.withColumn("_repeated", F.lit(True))
-        marked = df.join(repeated, "event_id", "left")
+        marked = df.join(F.broadcast(repeated) if few_repeats else repeated, "event_id", "left")
         candidates = marked.where(F.col("_repeated").isNotNull())
         first = Window.partitionBy("event_id", open_).orderBy(*LANDING_ORDER)
         ranked = candidates.withColumn("_rank", F.row_number().over(first)).withColumn(
@@ -252,7 +255,7 @@ def validate_events(processed_at: datetime, max_clock_skew_minutes: float) -> Tr
     def transform(df: DataFrame) -> DataFrame:
         step = STEP["validation"]
         open_ = _open(step) & ~F.col("_neighbour")
-        price_text = _blank_to_null(F.col("_raw.properties")["price"])
+        price_text = F.col("_price_text")
         checks = [
             (F.col("event_ts").isNull(), "invalid_timestamp"),
             (F.col("event_ts") > latest, "future_timestamp"),
@@ -414,14 +417,14 @@ def rejected_as_parsed(event_types: Mapping[str, str]) -> Transform:
 
 
 def judge_rows(processed_at: datetime, max_clock_skew_minutes: float, user_agent_regex: str,
-               existing: DataFrame | None) -> Transform:
+               existing: DataFrame | None, few_repeats: bool = True) -> Transform:
     """Steps 1-4, each row on its own (and duplicates against ``existing``): parsed rows with ids
     (:func:`parse_events`, :func:`assign_event_ids`) in, judged so far out."""
 
     def transform(df: DataFrame) -> DataFrame:
         return (
             df.transform(reject_corrupt)
-            .transform(mark_duplicates(existing))
+            .transform(mark_duplicates(existing, few_repeats))
             .transform(validate_events(processed_at, max_clock_skew_minutes))
             .transform(flag_bot_agents(user_agent_regex))
         )

@@ -71,9 +71,18 @@ def _text(value: SparkConfValue) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+# On one machine: Spark's parallel file listing (VACUUM's, among others) defaults to 10,000 tasks,
+# which costs half a minute even for a table of ten files.
+LOCAL_CONFS: dict[str, str] = {
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
+}
+
+
 def session_confs(settings: SparkSettings) -> dict[str, str]:
-    """Every conf the builder gets: Delta, base, the profile's, then the user's (which win)."""
+    """Every conf the builder gets: Delta, base, local mode's, the profile's, then the user's (which win)."""
     confs = {**DELTA_CONFS, **BASE_CONFS, "spark.ui.enabled": _text(settings.ui)}
+    if (settings.master or "").startswith("local"):
+        confs.update(LOCAL_CONFS)
     if settings.profile == "test":
         confs.update(TEST_PROFILE_CONFS)
     confs.update({key: _text(value) for key, value in settings.conf.items()})

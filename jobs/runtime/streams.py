@@ -12,6 +12,7 @@ No new input: no micro-batch, no Spark job, no commit.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,9 +60,9 @@ def process_new(root: str, name: str, source: DataFrame, handle: Callable[[Batch
         ready.wait()
         try:
             handle(Batch(int(batch_id), str(state["app_id"]), df))
-        except BaseException as exc:
+        except BaseException as exc:  # kept whole for the caller; the stream only needs to stop
             state["error"] = exc
-            raise
+            raise RuntimeError(f"micro-batch {batch_id} of {name} failed") from None
         outcome.batches.append(int(batch_id))
 
     query = (
@@ -80,3 +81,25 @@ def process_new(root: str, name: str, source: DataFrame, handle: Callable[[Batch
             raise error from None
         raise
     return outcome
+
+
+def caught_up(spark: SparkSession, root: str, name: str, source_version: int) -> bool:
+    """Whether the Delta-sourced stream ``name`` has processed every version up to
+    ``source_version`` (the table's latest): read from its checkpoint's last committed offset, so
+    a stage with nothing new starts no query at all. Unsure (no checkpoint, an offset not yet
+    committed, an initial snapshot): False, and the query decides."""
+    from jobs.runtime import fs
+
+    folder = checkpoint_path(root, name)
+    batches = [int(n) for n in fs.list_names(spark, f"{folder}/offsets") if n.isdigit()]
+    if not batches:
+        return False
+    last = max(batches)
+    if str(last) not in fs.list_names(spark, f"{folder}/commits"):
+        return False
+    offset = json.loads(fs.read_text(spark, f"{folder}/offsets/{last}").strip().splitlines()[-1])
+    if offset.get("isStartingVersion"):
+        return False
+    version, index = int(offset["reservoirVersion"]), int(offset["index"])
+    processed = version - 1 if index == -1 else version  # index -1: nothing of that version yet
+    return source_version <= processed

@@ -354,17 +354,23 @@ def append_rows(spark: SparkSession, root: str, key: str, rows: list[tuple]) -> 
 
 
 def overwrite(df: DataFrame, root: str, key: str, *, metadata: Mapping[str, object] | None = None,
-              replace_where: str | None = None) -> int:
-    """Replace ``key``'s rows (those matching ``replace_where``, or all) in one commit; rows written."""
+              replace_where: str | None = None, txn: tuple[str, int] | None = None) -> int:
+    """Replace ``key``'s rows (those matching ``replace_where``, or all) in one commit; rows written.
+    ``txn`` as for :func:`append`."""
     spark = df.sparkSession
     path = ensure_table(spark, root, key)
+    before = current_version(spark, path)
     observed, observation = _observed(df, None)
     out = observed.write.format("delta").mode("overwrite")
     if replace_where is not None:
         out = out.option("replaceWhere", replace_where)
+    if txn is not None:
+        out = out.option("txnAppId", txn[0]).option("txnVersion", txn[1])
     if metadata is not None:
         out = out.option("userMetadata", _metadata(metadata))
     out.save(path)
+    if current_version(spark, path) == before:  # skipped, or nothing to remove or add: no commit
+        return 0
     runlog.note_commit(key)
     return int(observation.get.get("rows") or 0)
 

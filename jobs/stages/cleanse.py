@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.rules import (
@@ -43,7 +43,7 @@ from jobs.runtime.errors import ConfigError, LakehouseError
 from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.spark import analysis_message
-from jobs.runtime.streams import Batch, process_new
+from jobs.runtime.streams import Batch, caught_up, process_new
 from jobs.runtime.tables import (
     REGISTRY,
     append,
@@ -52,10 +52,11 @@ from jobs.runtime.tables import (
     ensure_table,
     holds_rows,
     merge,
+    overwrite,
     spec,
     table_path,
 )
-from transforms.gold_state import STATE_EVENT_COLUMNS, daily_aggregates, touched_days
+from transforms.gold_state import STATE_EVENT_COLUMNS, daily_aggregates
 from transforms.silver_customers import (
     PROFILE_COLUMNS,
     latest_per_customer,
@@ -64,6 +65,7 @@ from transforms.silver_customers import (
 )
 from transforms.silver_customers import REASON_CODES as CUSTOMER_REASON_CODES
 from transforms.silver_events import (
+    RAW_EVENT_FIELDS,
     REASON_CODES,
     SILVER_EVENTS_SCHEMA,
     apply_expectations,
@@ -75,6 +77,7 @@ from transforms.silver_events import (
     judge_windows,
     judged_events,
     parse_events,
+    parse_timestamp,
     rejected_as_parsed,
     stitch_identities,
 )
@@ -83,6 +86,10 @@ EVENTS, REJECTED, IDENTITY = "silver.events", "silver.rejected_events", "silver.
 CUSTOMERS, HISTORY, REJECTED_CUSTOMERS = "silver.customers", "silver.customers_history", "silver.rejected_customers"
 DAILY = "gold.customer_daily"
 SILVER_COLUMNS = tuple(SILVER_EVENTS_SCHEMA.fieldNames())
+# Up to this many rows, a batch's keys are collected and filter the scans of earlier rows; up to
+# the second, they are broadcast to find earlier rows that share them; beyond, joined.
+LISTED_BATCH_ROWS = 20_000
+BROADCAST_BATCH_ROWS = 250_000
 
 
 class DataQualityFailure(LakehouseError):
@@ -207,6 +214,40 @@ def _with_dates(frame: DataFrame, dates: list[date], with_null: bool = False) ->
     return frame.where(condition)
 
 
+def _small(frame: DataFrame, broadcast: bool) -> DataFrame:
+    return F.broadcast(frame) if broadcast else frame
+
+
+def _keys() -> dict[str, Column]:
+    """The keys an earlier row can share with a batch's: its id, session, device, identity."""
+    return {"event_id": F.col("event_id"), "session_id": F.col("session_id"), "anonymous_id": F.col("anonymous_id"),
+            "_identity": F.coalesce("customer_id", "anonymous_id")}
+
+
+def _listed_near(earlier: DataFrame, listed) -> DataFrame:
+    """:func:`_near_keys` for a small batch whose keys were collected: plain filters of the scan."""
+    return earlier.where(F.col("session_id").isin(listed["session_id"])
+                         | F.col("anonymous_id").isin(listed["anonymous_id"])
+                         | F.coalesce("customer_id", "anonymous_id").isin(listed["_identity"]))
+
+
+def _near_keys(earlier: DataFrame, batch: DataFrame, broadcast: bool) -> DataFrame:
+    """Rows of earlier batches a window rule can pair with this batch's rows: of the same session
+    or device (bot rate), or the same identity (double-loads). One pass: the batch's keys are
+    small, so each is a broadcast lookup."""
+    identity = F.coalesce("customer_id", "anonymous_id")
+    flags = []
+    for key, column in (("session_id", F.col("session_id")), ("anonymous_id", F.col("anonymous_id")),
+                        ("_identity", identity)):
+        values = batch.select(column.alias(key)).where(F.col(key).isNotNull()).distinct()
+        flag = f"_near_{key}"
+        earlier = earlier.withColumn(key, column) if key == "_identity" else earlier
+        earlier = earlier.join(_small(values.withColumn(flag, F.lit(True)), broadcast), key, "left")
+        flags.append(F.col(flag).isNotNull())
+    near = earlier.where(flags[0] | flags[1] | flags[2])
+    return near.drop("_identity", *[f"_near_{k}" for k in ("session_id", "anonymous_id", "_identity")])
+
+
 def _bronze_records(spark: SparkSession, root: str, retracted: DataFrame) -> DataFrame:
     """The bronze records of silver rows being retracted: found by the landing batch they came in
     (bronze files hold one ``_ingested_at`` each, so the scan skips the others) and their hash."""
@@ -220,11 +261,15 @@ def _bronze_records(spark: SparkSession, root: str, retracted: DataFrame) -> Dat
 
 
 def _rejected_output(rows: DataFrame, batch_id: int) -> DataFrame:
+    """Rejected rows as stored: the bronze record, reasons, and the date they are filed under —
+    their event date, or none (one partition) for a time in the future: a device clock years ahead
+    would otherwise scatter them over a partition per day."""
     raw_fields = [f.name for f in spec(REJECTED).schema.fields
                   if f.name not in ("event_id", "reasons", "event_date", "_batch_id", "_content_hash")]
+    filed = F.when(~F.array_contains("_reasons", "future_timestamp"), F.col("event_date"))
     return rows.select(
         "event_id", F.col("_reasons").alias("reasons"), *[F.col(f"_raw.{f}").alias(f) for f in raw_fields],
-        "event_date", F.lit(batch_id).cast("long").alias("_batch_id"), "_content_hash",
+        filed.alias("event_date"), F.lit(batch_id).cast("long").alias("_batch_id"), "_content_hash",
     )
 
 
@@ -235,18 +280,22 @@ def cleanse_events(spark: SparkSession, settings: Settings, stage: StageResult) 
     bots = load_bot_rules(rules)
     expectations = _expectations_for(spark, rules, EVENTS)
     tally = Tally()
-    if current_version(spark, table_path(root, "bronze.events")) >= 0:
+    bronze = current_version(spark, table_path(root, "bronze.events"))
+    if bronze >= 0 and not caught_up(spark, root, "cleanse/events", bronze):
         for key in (EVENTS, REJECTED, IDENTITY, DAILY):
             ensure_table(spark, root, key)
 
         def handle(batch: Batch) -> None:
-            parsed = batch.df.transform(parse_events(event_types)).transform(assign_event_ids).persist()
-            try:
-                per_day = parsed.groupBy("event_date").count().collect()  # one row per day: bronze rows counted
-                _cleanse_batch(spark, settings, batch, parsed, per_day, tally, event_types, bots.user_agent_regex,
-                               expectations)
-            finally:
-                parsed.unpersist()
+            # One narrow pass for the batch's days (and its rows, counted); the judging then reads
+            # only the batch's days of the earlier tables.
+            day = F.to_date(parse_timestamp(F.col("timestamp"))).alias("event_date")
+            per_day = batch.df.groupBy(day).count().collect()  # one row per day
+            # _row: a stable id (the batch's partitions are read the same way every time) to find
+            # a row's bronze record again without carrying it through the judging
+            parsed = batch.df.transform(parse_events(event_types, keep_raw=False)).transform(
+                assign_event_ids).withColumn("_row", F.monotonically_increasing_id())  # a row-wise projection: same ids
+            _cleanse_batch(spark, settings, batch, parsed, per_day, tally, event_types, bots.user_agent_regex,
+                           expectations)
 
         process_new(root, "cleanse/events", _bronze_stream(spark, root, "bronze.events"), handle)
         for key in (EVENTS, REJECTED, IDENTITY, DAILY):
@@ -264,23 +313,42 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
     # What earlier batches judged on these days; rows of this batch (a replay) never count.
     known = neighbours = None
     if holds_rows(spark, root, EVENTS) or holds_rows(spark, root, REJECTED):
+        parsed = parsed.persist()  # read again for its ids and keys
         earlier = F.col("_batch_id") != batch.batch_id
         silver = spark.read.format("delta").load(table_path(root, EVENTS)).where(earlier)
         rejected = spark.read.format("delta").load(table_path(root, REJECTED)).where(earlier)
         lookback = _around(dates, cleanse.duplicate_lookback_days)
-        known = judged_events(_with_dates(silver, lookback), _with_dates(rejected, lookback, with_null=True))
         near = _around(dates, 1)
-        neighbours = as_neighbours(_with_dates(silver, near),
-                                   _with_dates(rejected, near).transform(rejected_as_parsed(event_types)),
-                                   [e.name for e in expectations if e.action == "drop"])
-    # Checkpoints cut the lineage each window rule reads twice; the result feeds every write.
-    rows = parsed.transform(judge_rows(utc_now(), cleanse.max_clock_skew_minutes, bot_regex, known))
+        silver_near = _with_dates(silver, near)
+        rejected_near = _with_dates(rejected, near).transform(rejected_as_parsed(event_types))
+        drop_names = [e.name for e in expectations if e.action == "drop"]
+        if bronze_rows <= LISTED_BATCH_ROWS:  # the batch's keys, collected once, filter the scans
+            listed = parsed.agg(*[F.collect_set(c).alias(n) for n, c in _keys().items()]).first()
+            judged_before = judged_events(
+                _with_dates(silver, lookback).where(F.col("event_id").isin(listed["event_id"])),
+                _with_dates(rejected, lookback, with_null=True).where(F.col("event_id").isin(listed["event_id"])))
+            known = F.broadcast(judged_before) if judged_before is not None else None
+            neighbours = as_neighbours(_listed_near(silver_near, listed), _listed_near(rejected_near, listed),
+                                       drop_names)
+        else:
+            small = bronze_rows <= BROADCAST_BATCH_ROWS
+            ids = _small(parsed.select("event_id").distinct(), small)
+            judged_before = judged_events(
+                _with_dates(silver, lookback).join(ids, "event_id", "left_semi"),
+                _with_dates(rejected, lookback, with_null=True).join(ids, "event_id", "left_semi"))
+            known = _small(judged_before, small) if judged_before is not None else None
+            neighbours = as_neighbours(_near_keys(silver_near, parsed, small), _near_keys(rejected_near, parsed, small),
+                                       drop_names)
+    # Repeats are few within a batch, and among earlier events only a small batch can have many.
+    few_repeats = known is None or bronze_rows <= BROADCAST_BATCH_ROWS
+    rows = parsed.transform(judge_rows(utc_now(), cleanse.max_clock_skew_minutes, bot_regex, known, few_repeats))
     if neighbours is not None:
         rows = rows.unionByName(neighbours, allowMissingColumns=True)
     rows = rows.localCheckpoint()
     classified = rows.transform(judge_windows(
         cleanse.bot_max_events_per_minute, cleanse.double_load_window_seconds,
         [(e.name, e.expect, e.action) for e in expectations])).localCheckpoint()
+    parsed.unpersist()
     try:
         new = classified.where(~F.col("_neighbour"))
         outcomes, reasons, failed, checked = _judgements(new)
@@ -290,7 +358,12 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
         # 1. rejected rows: this batch's, then silver rows a window now catches (with their bronze record)
         written_rejected = 0
         if outcomes["rejected"]:
-            rows = _rejected_output(new.where(F.col("_outcome") == "rejected"), batch.batch_id)
+            turned_away = new.where(F.col("_outcome") == "rejected").select(
+                "_row", "_reasons", "event_id", "event_date", "_content_hash")
+            landed = batch.df.withColumn("_row", F.monotonically_increasing_id())  # the same ids as parsed's
+            records = landed.select("_row", F.struct(*RAW_EVENT_FIELDS).alias("_raw")).join(
+                _small(turned_away, outcomes["rejected"] <= BROADCAST_BATCH_ROWS), "_row")
+            rows = _rejected_output(records, batch.batch_id)
             written_rejected = append(rows, root, REJECTED, txn=batch.txn(REJECTED))["rows"]
         retracted = 0
         if not retract.isEmpty():
@@ -339,8 +412,11 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
                     txn=batch.txn(f"{EVENTS}:changes"))
                 tally.stitched += done["num_updated_rows"]
             # 5. the daily state of every customer-day touched, from silver as it now is
-            touched = touched_days([silver_rows, changes])
-            _refresh_daily_state(spark, root, batch, touched, sorted({*dates, *changed_days}))
+            if not holds_rows(spark, root, DAILY) and not changed_days:  # the first days: from the rows written
+                append(silver_rows.select(*STATE_EVENT_COLUMNS).transform(daily_aggregates()), root, DAILY,
+                       txn=batch.txn(DAILY))
+            else:
+                _refresh_daily_state(spark, root, batch, sorted({*dates, *changed_days}))
         finally:
             changes.unpersist()
 
@@ -378,27 +454,15 @@ def _stitchable(spark: SparkSession, root: str, batch: Batch, pairs: DataFrame, 
     )
 
 
-def _refresh_daily_state(spark: SparkSession, root: str, batch: Batch, touched: DataFrame,
-                         dates: list[date]) -> None:
-    """Recompute ``gold.customer_daily`` for the touched (customer, day) pairs from silver."""
+def _refresh_daily_state(spark: SparkSession, root: str, batch: Batch, dates: list[date]) -> None:
+    """Recompute ``gold.customer_daily`` for the days the batch touched from silver as it now is,
+    replacing those days' partitions in one commit (a day left without a customer's events loses
+    their row)."""
     if not dates:
         return
     silver = spark.read.format("delta").load(table_path(root, EVENTS)).where(F.col("event_date").isin(dates))
-    keys = touched.where(F.col("event_date").isin(dates))
-    fresh = silver.select(*STATE_EVENT_COLUMNS).join(keys, ["customer_id", "event_date"], "left_semi").transform(
-        daily_aggregates())
-    if not holds_rows(spark, root, DAILY):  # nothing to match: the first days, appended
-        append(fresh, root, DAILY, txn=batch.txn(DAILY))
-        return
-    # a touched day without events left (retracted) deletes its row
-    source = keys.join(fresh, ["customer_id", "event_date"], "left")
-    merge(spark, root, DAILY, lambda t: t.alias("t").merge(
-        source.alias("s"),
-        f"t.customer_id = s.customer_id AND t.event_date = s.event_date AND {dates_in('t.event_date', dates)}")
-        .whenMatchedDelete(condition="s.events IS NULL")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll(condition="s.events IS NOT NULL"),
-        txn=batch.txn(DAILY))
+    fresh = silver.select(*STATE_EVENT_COLUMNS).transform(daily_aggregates())
+    overwrite(fresh, root, DAILY, replace_where=dates_in("event_date", dates), txn=batch.txn(DAILY))
 
 
 # -- customers ------------------------------------------------------------------------------------
@@ -408,7 +472,8 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
     locations = load_locations(rules)
     expectations = _expectations_for(spark, rules, CUSTOMERS)
     tally = Tally()
-    if current_version(spark, table_path(root, "bronze.crm")) < 0:
+    bronze = current_version(spark, table_path(root, "bronze.crm"))
+    if bronze < 0 or caught_up(spark, root, "cleanse/customers", bronze):
         _record(stage, "customers", CUSTOMERS, tally, CUSTOMER_REASON_CODES, expectations)
         return tally
     for key in (CUSTOMERS, HISTORY, REJECTED_CUSTOMERS):

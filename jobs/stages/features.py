@@ -55,23 +55,38 @@ def build_features(spark: SparkSession, settings: Settings, as_of: datetime) -> 
                      lambda stage: features_stage(spark, settings, as_of, stage))
 
 
+def _inputs(spark: SparkSession, settings: Settings, as_of: datetime) -> dict[str, object]:
+    """What the features as of ``as_of`` are a function of: the versions of the tables they are
+    computed from (read from their logs), the time and the abandonment window."""
+    root = settings.lakehouse.root
+    versions = {key: current_version(spark, table_path(root, key))
+                for key in ("gold.customer_daily", "silver.events", "silver.customers")}
+    return {**versions, "as_of": as_of.isoformat(), "window": settings.gold.abandonment_window_minutes}
+
+
 def features_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
-    """``gold.customer_features`` as of ``as_of``: one overwrite commit, or none if nothing changed."""
+    """``gold.customer_features`` as of ``as_of``: one overwrite commit, or none if nothing changed
+    (computed and compared), or nothing at all if none of its inputs did (a rerun)."""
     root = settings.lakehouse.root
     as_of = as_utc(as_of)
     path = table_path(root, FEATURES)
-    features = compute_features(spark, settings, as_of).persist()
-    try:
-        content = digest(features)
-        customers = int(content.split(":")[0])
-        previous = last_commit_metadata(spark, path)
-        if previous.get("content") == content:
-            stage.details["unchanged_since"] = previous.get("as_of")
-        else:
-            overwrite(features, root, FEATURES,
-                      metadata={"run_id": stage.run_id, "as_of": as_of.isoformat(), "content": content})
-    finally:
-        features.unpersist()
+    inputs = _inputs(spark, settings, as_of)
+    previous = last_commit_metadata(spark, path)
+    if previous.get("inputs") == inputs:
+        customers = int(str(previous["content"]).split(":")[0])
+        stage.details["unchanged_since"] = previous.get("as_of")
+    else:
+        features = compute_features(spark, settings, as_of).persist()
+        try:
+            content = digest(features)
+            customers = int(content.split(":")[0])
+            if previous.get("content") == content:
+                stage.details["unchanged_since"] = previous.get("as_of")
+            else:
+                overwrite(features, root, FEATURES, metadata={
+                    "run_id": stage.run_id, "as_of": as_of.isoformat(), "content": content, "inputs": inputs})
+        finally:
+            features.unpersist()
     stage.rows_out = customers
     stage.as_of = as_of
     stage.metrics["customers"] = customers

@@ -22,6 +22,7 @@ from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.tables import (
     current_version,
     ensure_table,
+    last_commit_metadata,
     overwrite,
     read_or_empty,
     spec,
@@ -71,24 +72,15 @@ def segment_stage(spark: SparkSession, settings: Settings, as_of: datetime | Non
     elif not features_ready and (current_as_of is None or as_utc(current_as_of) != as_utc(as_of)):
         features_stage(spark, settings, as_of, StageResult("features", stage.run_id))
     as_of = as_utc(as_of)
-    features = spark.read.format("delta").load(table_path(root, FEATURES)).withColumn(
-        "as_of", F.lit(as_of).cast("timestamp"))  # unchanged features stand for this as_of too
     digest = rules_hash(segments)
     path = ensure_table(spark, root, MEMBERSHIP)
-    previous = spark.read.format("delta").load(path)
-    compared = features.transform(members(_conditions(segments, as_of))).transform(
-        compare_membership(previous, as_of)).persist()
-    try:
-        counted = {r["segment_id"]: (r["size"], r["entered"], r["exited"])
-                   for r in change_counts(compared).collect()}  # one row per segment
-        changed = any(entered or exited for _, entered, exited in counted.values())
-        if changed or current_version(spark, path) == 0:
-            current = (compared.where("_is").withColumn("as_of", F.lit(as_of).cast("timestamp"))
-                       .withColumn("run_id", F.lit(stage.run_id)).transform(conform_to(spec(MEMBERSHIP).schema)))
-            overwrite(current, root, MEMBERSHIP,
-                      metadata={"run_id": stage.run_id, "as_of": str(as_of), "rules_hash": digest})
-    finally:
-        compared.unpersist()
+    inputs = {"features": current_version(spark, table_path(root, FEATURES)), "as_of": str(as_of),
+              "rules_hash": digest}
+    previous_commit = last_commit_metadata(spark, path)
+    if previous_commit.get("inputs") == inputs:  # judged on the same features, time and rules: nobody moves
+        counted = {sid: (size, 0, 0) for sid, size in previous_commit["sizes"].items()}
+    else:
+        counted = _judge(spark, root, segments, as_of, stage, digest, inputs)
     changes = [(s.id, *counted.get(s.id, (0, 0, 0))) for s in segments]
     changes += [(k, *v) for k, v in sorted(counted.items()) if k not in {s.id for s in segments}]
     stage.segments = changes
@@ -99,12 +91,36 @@ def segment_stage(spark: SparkSession, settings: Settings, as_of: datetime | Non
     stage.metrics.update({f"size.{sid}": size for sid, size, _, _ in changes})
 
 
+def _judge(spark: SparkSession, root: str, segments: list[Segment], as_of: datetime, stage: StageResult,
+           digest: str, inputs: dict[str, object]) -> dict[str, tuple[int, int, int]]:
+    """Every segment in one pass; the membership is rewritten (one commit) only if someone moved."""
+    path = table_path(root, MEMBERSHIP)
+    features = spark.read.format("delta").load(table_path(root, FEATURES)).withColumn(
+        "as_of", F.lit(as_of).cast("timestamp"))  # unchanged features stand for this as_of too
+    previous = spark.read.format("delta").load(path)
+    compared = features.transform(members(_conditions(segments, as_of))).transform(
+        compare_membership(previous, as_of)).persist()
+    try:
+        counted = {r["segment_id"]: (r["size"], r["entered"], r["exited"])
+                   for r in change_counts(compared).collect()}  # one row per segment
+        changed = any(entered or exited for _, entered, exited in counted.values())
+        if changed or current_version(spark, path) == 0:
+            current = (compared.where("_is").withColumn("as_of", F.lit(as_of).cast("timestamp"))
+                       .withColumn("run_id", F.lit(stage.run_id)).transform(conform_to(spec(MEMBERSHIP).schema)))
+            overwrite(current, root, MEMBERSHIP, metadata={
+                "run_id": stage.run_id, "as_of": str(as_of), "rules_hash": digest, "inputs": inputs,
+                "sizes": {sid: size for sid, (size, _, _) in counted.items()}})
+    finally:
+        compared.unpersist()
+    return counted
+
+
 # -- reading membership ---------------------------------------------------------------------------
 def membership_at(spark: SparkSession, root: str, segment_id: str, version: int | None = None,
                   timestamp: datetime | None = None) -> DataFrame:
     """A segment's members as of a Delta version or a timestamp (time travel); latest otherwise."""
     path = table_path(root, MEMBERSHIP)
-    if current_version(spark, path) < 1:
+    if current_version(spark, path) < 0:
         raise InputError("no segment membership yet: run `lakehouse segment`")
     reader = spark.read.format("delta")
     if version is not None:

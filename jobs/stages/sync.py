@@ -147,7 +147,7 @@ def sync_stage(
     root = settings.lakehouse.root
     target: Destination = destination(settings, destination_name)
     version = current_version(spark, table_path(root, MEMBERSHIP))
-    if version < 1:
+    if version < 0:
         raise InputError("no segment membership yet: run `lakehouse segment` first")
     membership = spark.read.format("delta").option("versionAsOf", version).load(table_path(root, MEMBERSHIP))
     held = _delivered(spark, root, destination_name)

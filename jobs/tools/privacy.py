@@ -124,20 +124,26 @@ def _matches(key: str, ids: list[str], anonymous: list[str],
 
 def _delete(spark: SparkSession, root: str, key: str, matches: list[tuple[Callable[[Column], Column], list[str]]],
             marker: dict[str, str]) -> int:
-    """Delete the matching rows: one MERGE per identifier column against a small DataFrame of values.
+    """Delete the matching rows in one MERGE against a small DataFrame of (kind, value) pairs —
+    after a semi-join shows there are any (most tables of most erasures hold nothing).
 
     Not ``DELETE … WHERE customer_id IN (…)``: Delta keeps a DELETE's predicate, literals and all,
     in the commit's ``operationParameters``, which would write the erased ids into the table log.
     A MERGE's logged condition names only columns (``t.customer_id = s.value``)."""
-    deleted = 0
-    for condition, values in matches:
-        if not values:
-            continue
-        source = spark.createDataFrame([(v,) for v in values], "value string")
-        done = merge(spark, root, key, lambda table, source=source, condition=condition: table.alias("t").merge(
-            F.broadcast(source).alias("s"), condition(F.col("s.value"))).whenMatchedDelete(), metadata=marker)
-        deleted += done["num_deleted_rows"]
-    return deleted
+    pairs = [(str(kind), value) for kind, (_, values) in enumerate(matches) for value in values]
+    if not pairs:
+        return 0
+    source = F.broadcast(spark.createDataFrame(pairs, "kind string, value string"))
+    condition = None
+    for kind, (match, _) in enumerate(matches):
+        part = (F.col("s.kind") == str(kind)) & match(F.col("s.value"))
+        condition = part if condition is None else condition | part
+    target = spark.read.format("delta").load(table_path(root, key)).alias("t")
+    if target.join(source.alias("s"), condition, "left_semi").limit(1).count() == 0:
+        return 0
+    done = merge(spark, root, key, lambda table: table.alias("t").merge(source.alias("s"), condition)
+                 .whenMatchedDelete(), metadata=marker)
+    return done["num_deleted_rows"]
 
 
 def _purge(spark: SparkSession, path: str, retention_hours: float) -> None:

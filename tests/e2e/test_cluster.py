@@ -21,6 +21,7 @@ from jobs.cli import cli
 from jobs.runtime.tables import read_table
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
+pytestmark = pytest.mark.cluster
 AS_OF = "2026-11-20T00:00:00Z"
 
 
@@ -112,9 +113,10 @@ def test_the_packaged_pipeline_runs_on_a_standalone_cluster(spark, cluster, tmp_
     manifest = json.loads((landing / "manifest.json").read_text())
     lakehouse = str(root)
     assert read_table(spark, lakehouse, "bronze.events").count() == manifest["events"]["lines"]
-    silver = read_table(spark, lakehouse, "silver.events").count()
-    rejected = read_table(spark, lakehouse, "silver.rejected_events").count()
-    assert silver > 0 and rejected > 0 and silver + rejected <= manifest["events"]["lines"]
+    events = manifest["events"]
+    assert read_table(spark, lakehouse, "silver.events").count() == events["valid"]
+    assert read_table(spark, lakehouse, "silver.rejected_events").count() == (
+        events["lines"] - events["valid"] - events["exact_duplicates"])
     sizes = {r["segment_id"]: r["count"] for r in
              read_table(spark, lakehouse, "gold.segment_membership").groupBy("segment_id").count().collect()}
     printed = dict(line.split()[:2] for line in submit.stdout.splitlines()

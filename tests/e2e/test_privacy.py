@@ -15,10 +15,10 @@ from pyspark.sql import functions as F
 from jobs.cli import cli
 from jobs.runtime.tables import REGISTRY, is_delta_table, read_table, table_path
 from jobs.tools.privacy import salted
-from tests.conftest import REPO
+from tests.conftest import DEMO_AS_OF
 
 SALT = "pepper-for-tests-7f3a"
-AS_OF = "2026-11-20T00:00:00Z"
+AS_OF = DEMO_AS_OF
 
 
 def _invoke(*args):
@@ -28,17 +28,10 @@ def _invoke(*args):
 
 
 @pytest.fixture
-def demo(spark, tmp_path, monkeypatch):
+def demo(demo_lakehouse, tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_ERASURE_SALT", SALT)
-    (tmp_path / "sources").symlink_to(REPO / "conf" / "sources")
-    conf = tmp_path / "privacy.yaml"
-    conf.write_text(f"lakehouse: {{root: {tmp_path / 'lakehouse'}}}\nlanding: {{root: {tmp_path / 'landing'}}}\n"
-                    f"spark: {{profile: test}}\nprivacy: {{salt_env: TEST_ERASURE_SALT}}\n"
-                    f"destinations: {{file: {{path: {tmp_path / 'exports'}}}}}\n")
-    _invoke("demo", "generate", "--out", str(tmp_path / "landing"), "--customers", "25", "--days", "2",
-            "--events-per-day", "120", "--seed", "3", "--end", AS_OF)
-    _invoke("--conf", str(conf), "run", "--as-of", AS_OF, "--sync", "file")
-    return conf, str(tmp_path / "lakehouse")
+    copy = demo_lakehouse.copy(tmp_path, top="privacy: {salt_env: TEST_ERASURE_SALT}\n")
+    return copy.conf, copy.root
 
 
 def _holds(frame, customer, anonymous, email):

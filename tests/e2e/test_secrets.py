@@ -8,7 +8,7 @@ import json
 from click.testing import CliRunner
 
 from jobs.runtime.tables import REGISTRY, is_delta_table, read_table, table_path
-from tests.conftest import REPO
+from tests.conftest import DEMO_LATER
 from tests.fakes.klaviyo import FakeKlaviyo
 
 KEY = "pk_live_1d9e8c7b6a5f4e3d2c1b"
@@ -16,7 +16,8 @@ SALT = "salt-7c1e-never-to-be-seen"
 SEGMENTS = ("abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers")
 
 
-def test_no_secret_in_any_output_log_table_or_file_of_a_full_run(spark, tmp_path, monkeypatch, capfd):
+def test_no_secret_in_any_output_log_table_or_file_of_a_full_run(demo_lakehouse, spark, tmp_path, monkeypatch,
+                                                                  capfd):
     from jobs.cli import cli
 
     monkeypatch.setenv("TEST_KLAVIYO_KEY", KEY)
@@ -24,21 +25,13 @@ def test_no_secret_in_any_output_log_table_or_file_of_a_full_run(spark, tmp_path
     server = FakeKlaviyo(KEY, fault_rate=0.1)
     url = server.start()
     try:
-        (tmp_path / "sources").symlink_to(REPO / "conf" / "sources")
-        conf = tmp_path / "secrets.yaml"
         lists = ", ".join(f"{s}: L{i}" for i, s in enumerate(SEGMENTS))
-        conf.write_text(
-            f"lakehouse: {{root: {tmp_path / 'lakehouse'}}}\nlanding: {{root: {tmp_path / 'landing'}}}\n"
-            f"spark: {{profile: test}}\nprivacy: {{salt_env: TEST_ERASURE_SALT}}\n"
-            f"destinations:\n  file: {{path: {tmp_path / 'exports'}}}\n"
+        conf = demo_lakehouse.copy(tmp_path, top="privacy: {salt_env: TEST_ERASURE_SALT}\n", destinations=(
             f"  klaviyo: {{base_url: '{url}', api_key_env: TEST_KLAVIYO_KEY, lists: {{{lists}}}, poll_seconds: 0.01,\n"
-            "            retry: {timeout_seconds: 1, max_attempts: 8, backoff_seconds: 0.01}}\n")
+            "            retry: {timeout_seconds: 1, max_attempts: 8, backoff_seconds: 0.01}}\n")).conf
         runner = CliRunner()
         outputs = []
-        for args in (["demo", "generate", "--out", str(tmp_path / "landing"), "--customers", "20", "--days", "1",
-                      "--events-per-day", "120", "--seed", "4", "--end", "2026-11-20T00:00:00Z"],
-                     ["--conf", str(conf), "run", "--as-of", "2026-11-20T00:00:00Z", "--sync", "klaviyo",
-                      "--sync", "file"],
+        for args in (["--conf", str(conf), "run", "--as-of", DEMO_LATER, "--sync", "klaviyo", "--sync", "file"],
                      ["--conf", str(conf), "sync", "klaviyo", "--dry-run", "--full-refresh"],
                      ["--conf", str(conf), "privacy", "erase", "--customer-id", "C000001"]):
             result = runner.invoke(cli, args, catch_exceptions=False)

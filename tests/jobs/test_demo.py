@@ -73,10 +73,6 @@ def test_line_count_and_malformed_lines_match_the_manifest(demo):
         assert isinstance(body, dict)
     assert len(lines) == events["lines"]
     assert malformed == events["malformed_lines"] > 0
-    parts = [k for k in events if k not in (
-        "lines", "bot_user_agent_events", "bot_rate_events", "late_events", "without_event_id",
-        "synonym_types")]
-    assert sum(events[k] for k in parts) == events["lines"]
 
 
 def test_every_kind_of_dirt_is_present_at_its_manifest_count(demo):
@@ -134,6 +130,31 @@ def test_double_loads_and_rate_bots_are_exactly_the_injected_ones(demo):
     assert rate_events == events["bot_rate_events"] > 0
 
 
+def test_the_clean_events_are_what_is_left_when_every_kind_of_dirt_is_taken_out(demo):
+    """The manifest's ``valid`` count against the lines themselves, each kind judged here."""
+    _, manifest, lines = demo
+    seen: set[str] = set()
+    kept: list[tuple] = []
+    for line in lines:
+        if not _is_json(line) or line in seen:  # malformed, or an exact repeat
+            continue
+        seen.add(line)
+        body = json.loads(line)
+        ts = _parse_ts(body.get("timestamp"))
+        identity = body.get("customer_id") or body.get("anonymous_id")
+        if (body.get("event_type") in UNKNOWN_TYPES or body.get("user_agent") in BOT_AGENTS or not identity
+                or ts is None or ts > END + timedelta(days=300)
+                or float(body.get("properties", {}).get("price", 0)) < 0):
+            continue
+        kept.append((identity, body["event_type"], body.get("product_id"), body.get("url"), ts))
+    kept.sort()
+    doubles = {b for a, b in zip(kept, kept[1:], strict=False) if a[:4] == b[:4] and b[4] - a[4] < timedelta(seconds=2)}
+    per_minute = Counter((r[0], r[4].replace(second=0, microsecond=0)) for r in kept)
+    busy = {identity for (identity, _), n in per_minute.items() if n > 30}
+    clean = [r for r in kept if r not in doubles and r[0] not in busy]
+    assert len(clean) == manifest["events"]["valid"] > 0
+
+
 def test_crm_exports_hold_the_manifest_rows_with_stale_records(demo):
     out, manifest, _ = demo
     export = list(csv.DictReader((out / "crm/customers-000.csv").open()))
@@ -144,7 +165,8 @@ def test_crm_exports_hold_the_manifest_rows_with_stale_records(demo):
     stale = [r for r in updates if _parse_crm_ts(r["updated_at"]) < first_seen[r["customer_id"]]]
     assert len(stale) == manifest["crm"]["stale_updates"] > 0
     spellings = {r["city"] for r in export + updates}
-    assert {"New York", "NYC"} <= spellings or {"new york", "New York City"} & spellings
+    new_york = {"New York", "NYC", "new york", "New York City", " NYC ", "NEW YORK"}
+    assert len(spellings & new_york) >= 3  # the exports spell one city several ways
 
 
 def _parse_crm_ts(text):

@@ -14,17 +14,14 @@ from jobs.cli import cli
 from jobs.destinations.klaviyo import RATE_LIMITS, KlaviyoDestination, import_jobs, profile
 from jobs.destinations.limits import Limit, RateLimiter
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.settings import KlaviyoDestination as KlaviyoSettings
-from jobs.runtime.settings import RetrySettings
 from jobs.runtime.tables import read_or_empty, read_table
 from jobs.stages.segment import run_segments
 from jobs.stages.sync import sync
 from tests.fakes.klaviyo import CONTRACTS, FakeKlaviyo
-from tests.jobs.conftest import T0, change_rows, deliveries_per_customer
+from tests.jobs.conftest import KLAVIYO_LIST, KLAVIYO_SEGMENT, T0
 
 KEY = "pk_test_5f2c0a9e77b14d3c8e1f"
-LIST = "Xy12Ab"
-SEGMENT = "abandoned_cart_24h"
+LIST, SEGMENT = KLAVIYO_LIST, KLAVIYO_SEGMENT
 
 
 @pytest.fixture
@@ -40,12 +37,6 @@ def fake(monkeypatch):
     yield start
     for server in made:
         server.stop()
-
-
-def _settings(url, **update):
-    return KlaviyoSettings(base_url=url, api_key_env="TEST_KLAVIYO_KEY", lists={SEGMENT: LIST},
-                           retry=RetrySettings(timeout_seconds=1, max_attempts=8, backoff_seconds=0.01),
-                           poll_seconds=0.01, **update)
 
 
 
@@ -74,9 +65,9 @@ def test_the_limiter_never_exceeds_burst_or_steady_on_a_virtual_clock():
     assert 120 < stamps[-1] < 180  # 400 calls at 150/min: two full minutes of waiting, not more
 
 
-def test_the_fake_measures_the_client_within_the_burst_limit_and_catches_a_client_without_one(fake):
+def test_the_fake_measures_the_client_within_the_burst_limit_and_catches_a_client_without_one(fake, change_rows, klaviyo_settings):
     server, url = fake()
-    destination = KlaviyoDestination(_settings(url))
+    destination = KlaviyoDestination(klaviyo_settings(url))
     ids = [f"C{i}" for i in range(25)]
     destination.send("r", SEGMENT, 1, "k", change_rows(ids))
     for cid in ids:  # 25 list removals, one profile each: a 10/s endpoint
@@ -85,7 +76,7 @@ def test_the_fake_measures_the_client_within_the_burst_limit_and_catches_a_clien
     assert server.violations == []
     assert server.max_in_window("remove_profiles_from_list", 1.0) == 10
 
-    unlimited = KlaviyoDestination(_settings(url))
+    unlimited = KlaviyoDestination(klaviyo_settings(url))
     unlimited.limiter = RateLimiter({op: (Limit(10_000, 1),) for op in RATE_LIMITS})
     unlimited.send("r", SEGMENT, 1, "k", change_rows(ids))
     for cid in ids:
@@ -93,9 +84,10 @@ def test_the_fake_measures_the_client_within_the_burst_limit_and_catches_a_clien
     assert any("remove_profiles_from_list" in v and "limit 10" in v for v in server.violations)
 
 
-def test_large_batches_are_split_by_the_documented_job_and_removal_limits(fake, monkeypatch):
+def test_large_batches_are_split_by_the_documented_job_and_removal_limits(fake, monkeypatch, change_rows, klaviyo_settings):
     server, url = fake()
-    destination = KlaviyoDestination(_settings(url))
+    # a 10,000-profile job can take the fake over a second on a busy machine: no timeout retries here
+    destination = KlaviyoDestination(klaviyo_settings(url, timeout_seconds=30))
     ids = [f"C{i:05d}" for i in range(10_050)]
     result = destination.send("r", SEGMENT, 1, "k", change_rows(ids))
     jobs = [c for c in server.calls if getattr(c, "operation", "") == "bulk_import_profiles"]
@@ -114,10 +106,10 @@ def test_large_batches_are_split_by_the_documented_job_and_removal_limits(fake, 
     assert sum(len(part) for part, _ in parts) == 40
 
 
-def test_a_segment_without_a_list_is_refused_before_anything_is_sent(fake):
+def test_a_segment_without_a_list_is_refused_before_anything_is_sent(fake, klaviyo_settings):
     _, url = fake()
     with pytest.raises(ConfigError, match=r"^destinations.klaviyo.lists has no entry for segment 'high_value'"):
-        KlaviyoDestination(_settings(url)).prepare([SEGMENT, "high_value"])
+        KlaviyoDestination(klaviyo_settings(url)).prepare([SEGMENT, "high_value"])
 
 
 def _conf(tmp_path, settings, url):
@@ -173,10 +165,10 @@ class Killed(BaseException):
     """The process dies: nothing in the sync catches it."""
 
 
-def test_a_sync_killed_mid_batch_completes_exactly_on_rerun(spark, lakehouse, fake, monkeypatch):
+def test_a_sync_killed_mid_batch_completes_exactly_on_rerun(spark, lakehouse, fake, monkeypatch, deliveries_per_customer, klaviyo_settings):
     server, url = fake(fault_rate=0.2)
     settings = lakehouse.model_copy(update={
-        "destinations": lakehouse.destinations.model_copy(update={"klaviyo": _settings(url)}),
+        "destinations": lakehouse.destinations.model_copy(update={"klaviyo": klaviyo_settings(url)}),
         "sync": lakehouse.sync.model_copy(update={"batch_size": 2})})
     imports = []
     real_import = KlaviyoDestination._import
@@ -195,12 +187,12 @@ def test_a_sync_killed_mid_batch_completes_exactly_on_rerun(spark, lakehouse, fa
     result = sync(spark, settings, "klaviyo", (SEGMENT,))
     assert result.details["plan"][0].adds == 3  # C3 and C4 again (never acknowledged), C5 for the first time
     assert server.members(LIST) == {"C1", "C2", "C3", "C4", "C5"} and server.violations == []
-    assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}
+    assert deliveries_per_customer(settings) == {f"C{i}": 1 for i in range(1, 6)}
 
 
-def test_erasure_asks_klaviyo_to_delete_known_profiles(fake):
+def test_erasure_asks_klaviyo_to_delete_known_profiles(fake, change_rows, klaviyo_settings):
     server, url = fake()
-    destination = KlaviyoDestination(_settings(url))
+    destination = KlaviyoDestination(klaviyo_settings(url))
     destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2"]))
     destination.profile_ids.clear()  # a later process: the map is filled again from GET /api/profiles
 

@@ -8,16 +8,16 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from jobs.runtime.tables import SILVER_EVENTS_SCHEMA, read_table
 from jobs.tools.maintain import maintain
-from tests.jobs.conftest import T0, _append, _cart
+from tests.jobs.conftest import T0
 
 
-def test_many_small_runs_compact_to_few_files_with_the_same_answers(spark, make_settings):
+def test_many_small_runs_compact_to_few_files_with_the_same_answers(spark, make_settings, write_rows, cart_event):
     settings = make_settings()
     naive = T0.replace(tzinfo=None)
     for run in range(12):  # twelve small incremental runs, two events each, on one day
-        _append(spark, settings, "silver.events",
-                [_cart(run * 2 + i, f"C{run % 5}", naive - timedelta(minutes=run * 2 + i)) for i in range(2)],
-                SILVER_EVENTS_SCHEMA)
+        write_rows(settings, "silver.events",
+                   [cart_event(run * 2 + i, f"C{run % 5}", naive - timedelta(minutes=run * 2 + i)) for i in range(2)],
+                   SILVER_EVENTS_SCHEMA)
     query = lambda: sorted(tuple(r) for r in read_table(spark, settings.lakehouse.root, "silver.events")  # noqa: E731
                            .groupBy("customer_id").count().collect())
     before = query()

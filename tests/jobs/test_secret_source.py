@@ -14,9 +14,8 @@ from jobs.runtime.secrets import SecretSource
 from jobs.runtime.settings import DestinationsSettings, SecretsSettings
 from tests.conftest import REPO
 from tests.fakes.klaviyo import FakeKlaviyo
-from tests.jobs.conftest import change_rows
-from tests.jobs.test_klaviyo import LIST, SEGMENT
-from tests.jobs.test_klaviyo import _settings as klaviyo_settings
+from tests.jobs.conftest import KLAVIYO_LIST as LIST
+from tests.jobs.conftest import KLAVIYO_SEGMENT as SEGMENT
 
 KEY = "pk_from_secrets_manager_5e4d3c2b1a"
 SECRET_ID = "email-lakehouse/test"
@@ -31,7 +30,8 @@ def stored(moto_endpoint):
     return SecretsSettings(aws_secret_id=SECRET_ID, region="us-east-1", endpoint_url=moto_endpoint)
 
 
-def test_a_destination_takes_its_key_from_the_configured_secret(settings, stored, monkeypatch):
+def test_a_destination_takes_its_key_from_the_configured_secret(settings, stored, monkeypatch, change_rows,
+                                                                  klaviyo_settings):
     monkeypatch.delenv("TEST_KLAVIYO_KEY", raising=False)
     server = FakeKlaviyo(KEY)
     url = server.start()

@@ -9,7 +9,6 @@ from jobs.runtime.settings import RetrySettings
 from jobs.runtime.settings import SfmcDestination as SfmcSettings
 from jobs.stages.sync import sync
 from tests.fakes.sfmc import FakeSfmc
-from tests.jobs.conftest import change_rows, deliveries_per_customer
 
 CLIENT_ID, CLIENT_SECRET = "k2x9client0id4test", "Zq8-secret-value-for-tests"
 DE = "DE_abandoned_cart"
@@ -40,7 +39,7 @@ def _settings(url):
 
 
 
-def test_the_token_is_cached_refreshed_on_401_and_fetched_again_when_it_expires(fake):
+def test_the_token_is_cached_refreshed_on_401_and_fetched_again_when_it_expires(fake, change_rows):
     server, url = fake()
     destination = SfmcDestination(_settings(url))
     for i in range(3):
@@ -60,7 +59,7 @@ def test_the_token_is_cached_refreshed_on_401_and_fetched_again_when_it_expires(
     assert server.rows[DE]["C4"] == {"customer_id": "C4", "in_segment": False}
 
 
-def test_row_errors_fail_the_rows_of_their_request_and_bad_credentials_stop_the_sync(fake, monkeypatch):
+def test_row_errors_fail_the_rows_of_their_request_and_bad_credentials_stop_the_sync(fake, monkeypatch, change_rows):
     server, url = fake(reject={"C2"})
     destination = SfmcDestination(_settings(url))
     result = destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2"]))
@@ -74,7 +73,7 @@ def test_row_errors_fail_the_rows_of_their_request_and_bad_credentials_stop_the_
 
 
 def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_rows(spark, lakehouse, fake,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, deliveries_per_customer):
     server, url = fake(fault_rate=0.2, seed=11)
     settings = lakehouse.model_copy(update={
         "destinations": lakehouse.destinations.model_copy(update={"sfmc": _settings(url)}),
@@ -98,10 +97,10 @@ def test_with_failures_and_a_kill_after_batch_two_a_rerun_ends_with_the_exact_ro
     assert result.details["plan"][0].adds == 1
     assert server.members(DE) == {"C1", "C2", "C3", "C4", "C5"}
     assert server.injected and server.violations == []
-    assert deliveries_per_customer(spark, settings) == {f"C{i}": 1 for i in range(1, 6)}
+    assert deliveries_per_customer(settings) == {f"C{i}": 1 for i in range(1, 6)}
 
 
-def test_erasure_deletes_the_rows_through_the_soap_api_with_a_fresh_token_when_needed(fake):
+def test_erasure_deletes_the_rows_through_the_soap_api_with_a_fresh_token_when_needed(fake, change_rows):
     server, url = fake(fault_rate=0.2, faults=("500", "drop", "429"), seed=3)
     destination = SfmcDestination(_settings(url))
     destination.send("r", SEGMENT, 1, "k", change_rows(["C1", "C2", "C3"]))

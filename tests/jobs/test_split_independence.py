@@ -8,6 +8,8 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from jobs.runtime.tables import read_table
 from jobs.stages.cleanse import cleanse
 from jobs.stages.features import rebuild_daily_state
@@ -55,6 +57,7 @@ def _rows(spark, settings, key):
     return sorted(map(tuple, frame.select(*columns).collect()), key=repr)
 
 
+@pytest.mark.slow
 def test_one_file_or_five_runs_give_the_same_tables(spark, make_settings, tmp_path):
     chunks = _chunks(tmp_path)
     whole = make_settings(f"lakehouse.root={tmp_path / 'whole'}", f"landing.root={tmp_path / 'land-whole'}")

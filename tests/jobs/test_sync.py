@@ -13,7 +13,7 @@ from jobs.runtime.settings import SyncSettings
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, read_table
 from jobs.stages.segment import run_segments
 from jobs.stages.sync import LargeChange, sync
-from tests.jobs.conftest import T0, _append, _customer
+from tests.jobs.conftest import T0
 
 
 def _ledger_state(spark, settings, segment="abandoned_cart_24h"):
@@ -51,11 +51,11 @@ def test_first_sync_sends_consenting_members_and_a_second_sends_nothing(spark, l
     assert [r["sync"][0]["synced_version"] for r in runs.orderBy("started_at").collect()] == [1, 1]
 
 
-def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_netted(spark, lakehouse):
+def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_netted(spark, lakehouse, write_rows, customer_row):
     sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    customers = [_customer(f"C{i}", consent=i not in (1, 6)) for i in range(1, 7)]  # C1 withdraws consent
+    customers = [customer_row(f"C{i}", consent=i not in (1, 6)) for i in range(1, 7)]  # C1 withdraws consent
     customers[1]["first_name"] = "Bea"  # C2's template attributes change
-    _append(spark, lakehouse, "silver.customers", customers, CUSTOMERS_SCHEMA, mode="overwrite")
+    write_rows(lakehouse, "silver.customers", customers, CUSTOMERS_SCHEMA, mode="overwrite")
     run_segments(spark, lakehouse, T0 + timedelta(hours=1))
     run_segments(spark, lakehouse, T0 + timedelta(hours=20, minutes=30))  # carts of C4-C6 now older than 24 h
 
