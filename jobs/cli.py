@@ -140,11 +140,11 @@ def ingest() -> None:
 
 def _ingest(runtime: Runtime, kind: str, source: str | None) -> None:
     from jobs.runtime.report import format_table
+    from jobs.stages.ingest import check_local_landing
     from jobs.stages.ingest import ingest as run_ingest
 
     settings = runtime.settings
-    if source is not None:
-        settings.source(source, kind)  # fail on a wrong name before starting Spark
+    check_local_landing(settings, kind, source)  # a wrong name or a missing folder fails before Spark starts
     result = run_ingest(runtime.spark, settings, kind, source)
     click.echo(format_table(
         ["source", "table", "files", "rows", "corrupt", "batches", "version", "run_id"],

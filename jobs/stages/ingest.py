@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -111,10 +112,7 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
 
     landing_path = settings.source_path(source)
     if not fs.exists(spark, landing_path):
-        raise InputError(
-            f"landing path not found: {landing_path} (source {source.name!r}, "
-            f"landing.root={settings.landing.root})"
-        )
+        raise _missing(settings, source)
     root = settings.lakehouse.root
     key = BRONZE_TABLES[source.kind]
     ensure_table(spark, root, key)
@@ -152,13 +150,31 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
         {"source": source.name, "table": key, **totals, "version": stage.versions[key]})
 
 
+def _missing(settings: Settings, source: SourceSettings) -> InputError:
+    return InputError(f"landing path not found: {settings.source_path(source)} (source {source.name!r}, "
+                      f"landing.root={settings.landing.root})")
+
+
+def sources_to_land(settings: Settings, kind: str, source_name: str | None = None) -> list[SourceSettings]:
+    """The named source, or every source configured under ``ingest.<kind>_sources``."""
+    configured = settings.ingest.event_sources if kind == "events" else settings.ingest.crm_sources
+    return [settings.source(name, kind) for name in ([source_name] if source_name else configured)]
+
+
+def check_local_landing(settings: Settings, kind: str, source_name: str | None = None) -> None:
+    """Fail on a missing local landing folder before a Spark session is paid for (remote paths
+    are checked through Hadoop once Spark is up)."""
+    for source in sources_to_land(settings, kind, source_name):
+        scheme, _, rest = settings.source_path(source).rpartition(":")
+        if scheme in ("", "file") and not Path(rest).exists():
+            raise _missing(settings, source)
+
+
 def ingest_stage(spark: SparkSession, settings: Settings, stage: StageResult,
                  kinds: tuple[str, ...] = ("events", "crm"), source_name: str | None = None) -> None:
     """Land the named source, or every source configured under ``ingest.<kind>_sources``."""
     for kind in kinds:
-        configured = settings.ingest.event_sources if kind == "events" else settings.ingest.crm_sources
-        names = [source_name] if source_name else list(configured)
-        for source in [settings.source(name, kind) for name in names]:
+        for source in sources_to_land(settings, kind, source_name):
             ingest_source(spark, settings, source, stage)
 
 

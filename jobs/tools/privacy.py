@@ -147,7 +147,12 @@ def _delete(spark: SparkSession, root: str, key: str, matches: list[tuple[Callab
 
 
 def _purge(spark: SparkSession, path: str, retention_hours: float) -> None:
-    spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
+    """Rewrite the files the MERGE only marked with deletion vectors (if it did: its own metrics
+    say), then VACUUM every file no longer in the table — a full listing, not the log's LITE
+    view, so a file an aborted write left behind goes too."""
+    [last] = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").collect()
+    if int((last["operationMetrics"] or {}).get("numTargetDeletionVectorsAdded", "0") or 0):
+        spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
     key = "spark.databricks.delta.retentionDurationCheck.enabled"
     previous = spark.conf.get(key, "true")
     spark.conf.set(key, "false")
