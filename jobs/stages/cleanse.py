@@ -24,8 +24,11 @@ with each term counted by its own write, and fails if it does not hold.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import reduce
+from operator import or_
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -218,34 +221,46 @@ def _small(frame: DataFrame, broadcast: bool) -> DataFrame:
     return F.broadcast(frame) if broadcast else frame
 
 
-def _keys() -> dict[str, Column]:
-    """The keys an earlier row can share with a batch's: its id, session, device, identity."""
-    return {"event_id": F.col("event_id"), "session_id": F.col("session_id"), "anonymous_id": F.col("anonymous_id"),
+def _near_columns() -> dict[str, Column]:
+    """The keys an earlier row can share with a batch's row for a window rule to pair them: its
+    session or device (bot rate), its identity (double-loads)."""
+    return {"session_id": F.col("session_id"), "anonymous_id": F.col("anonymous_id"),
             "_identity": F.coalesce("customer_id", "anonymous_id")}
 
 
-def _listed_near(earlier: DataFrame, listed) -> DataFrame:
-    """:func:`_near_keys` for a small batch whose keys were collected: plain filters of the scan."""
-    return earlier.where(F.col("session_id").isin(listed["session_id"])
-                         | F.col("anonymous_id").isin(listed["anonymous_id"])
-                         | F.coalesce("customer_id", "anonymous_id").isin(listed["_identity"]))
+Lookups = tuple[Callable[[DataFrame], DataFrame], Callable[[DataFrame], DataFrame], Callable[[DataFrame], DataFrame]]
+
+
+def _listed_lookups(parsed: DataFrame) -> Lookups:
+    """For a small batch: its ids and keys, collected once, become plain filters of the scans of
+    earlier rows. (Rows sharing an id, rows near by a key, how to hand the judged ids on.)"""
+    columns = {"event_id": F.col("event_id"), **_near_columns()}
+    listed = parsed.agg(*[F.collect_set(c).alias(n) for n, c in columns.items()]).first()
+    near = reduce(or_, [column.isin(listed[name]) for name, column in _near_columns().items()])
+    return (lambda frame: frame.where(F.col("event_id").isin(listed["event_id"])),
+            lambda frame: frame.where(near), F.broadcast)
+
+
+def _joined_lookups(parsed: DataFrame, broadcast: bool) -> Lookups:
+    """For a larger batch: its ids and keys are joined (broadcast while small) to the scans."""
+    ids = _small(parsed.select("event_id").distinct(), broadcast)
+    return (lambda frame: frame.join(ids, "event_id", "left_semi"),
+            lambda frame: _near_keys(frame, parsed, broadcast),
+            lambda frame: _small(frame, broadcast))
 
 
 def _near_keys(earlier: DataFrame, batch: DataFrame, broadcast: bool) -> DataFrame:
-    """Rows of earlier batches a window rule can pair with this batch's rows: of the same session
-    or device (bot rate), or the same identity (double-loads). One pass: the batch's keys are
-    small, so each is a broadcast lookup."""
-    identity = F.coalesce("customer_id", "anonymous_id")
+    """Rows of earlier batches a window rule can pair with this batch's rows (:func:`_near_columns`).
+    One pass: the batch's keys are small, so each is a lookup join."""
     flags = []
-    for key, column in (("session_id", F.col("session_id")), ("anonymous_id", F.col("anonymous_id")),
-                        ("_identity", identity)):
+    for key, column in _near_columns().items():
         values = batch.select(column.alias(key)).where(F.col(key).isNotNull()).distinct()
         flag = f"_near_{key}"
         earlier = earlier.withColumn(key, column) if key == "_identity" else earlier
         earlier = earlier.join(_small(values.withColumn(flag, F.lit(True)), broadcast), key, "left")
-        flags.append(F.col(flag).isNotNull())
-    near = earlier.where(flags[0] | flags[1] | flags[2])
-    return near.drop("_identity", *[f"_near_{k}" for k in ("session_id", "anonymous_id", "_identity")])
+        flags.append(flag)
+    near = earlier.where(reduce(or_, [F.col(flag).isNotNull() for flag in flags]))
+    return near.drop("_identity", *flags)
 
 
 def _bronze_records(spark: SparkSession, root: str, retracted: DataFrame) -> DataFrame:
@@ -322,23 +337,13 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
         silver_near = _with_dates(silver, near)
         rejected_near = _with_dates(rejected, near).transform(rejected_as_parsed(event_types))
         drop_names = [e.name for e in expectations if e.action == "drop"]
-        if bronze_rows <= LISTED_BATCH_ROWS:  # the batch's keys, collected once, filter the scans
-            listed = parsed.agg(*[F.collect_set(c).alias(n) for n, c in _keys().items()]).first()
-            judged_before = judged_events(
-                _with_dates(silver, lookback).where(F.col("event_id").isin(listed["event_id"])),
-                _with_dates(rejected, lookback, with_null=True).where(F.col("event_id").isin(listed["event_id"])))
-            known = F.broadcast(judged_before) if judged_before is not None else None
-            neighbours = as_neighbours(_listed_near(silver_near, listed), _listed_near(rejected_near, listed),
-                                       drop_names)
-        else:
-            small = bronze_rows <= BROADCAST_BATCH_ROWS
-            ids = _small(parsed.select("event_id").distinct(), small)
-            judged_before = judged_events(
-                _with_dates(silver, lookback).join(ids, "event_id", "left_semi"),
-                _with_dates(rejected, lookback, with_null=True).join(ids, "event_id", "left_semi"))
-            known = _small(judged_before, small) if judged_before is not None else None
-            neighbours = as_neighbours(_near_keys(silver_near, parsed, small), _near_keys(rejected_near, parsed, small),
-                                       drop_names)
+        same_ids, near_rows, hand_on = (
+            _listed_lookups(parsed) if bronze_rows <= LISTED_BATCH_ROWS
+            else _joined_lookups(parsed, bronze_rows <= BROADCAST_BATCH_ROWS))
+        judged_before = judged_events(same_ids(_with_dates(silver, lookback)),
+                                      same_ids(_with_dates(rejected, lookback, with_null=True)))
+        known = hand_on(judged_before) if judged_before is not None else None
+        neighbours = as_neighbours(near_rows(silver_near), near_rows(rejected_near), drop_names)
     # Repeats are few within a batch, and among earlier events only a small batch can have many.
     few_repeats = known is None or bronze_rows <= BROADCAST_BATCH_ROWS
     rows = parsed.transform(judge_rows(utc_now(), cleanse.max_clock_skew_minutes, bot_regex, known, few_repeats))
