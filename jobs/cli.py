@@ -366,14 +366,17 @@ def rules_validate(runtime: Runtime) -> None:
 @click.option("--as-of", "as_of", type=UtcTimestamp(), help=AS_OF_HELP)
 @click.option("--sync", "sync_to", multiple=True, metavar="DEST",
               help="Then sync the changes to this destination (repeatable), e.g. --sync file.")
+@click.option("--allow-large-change", is_flag=True,
+              help="Let the syncs remove more of a segment than its limit (see `sync --help`).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show each stage's Spark jobs and Delta commits per table.")
 @pass_runtime
-def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], verbose: bool) -> None:
+def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], allow_large_change: bool,
+        verbose: bool) -> None:
     """Run ingest, cleanse, features, segment (and sync) in order in one Spark application."""
     from jobs.runtime.report import format_table
     from jobs.stages.pipeline import run_pipeline
 
-    stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC), sync_to)
+    stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC), sync_to, allow_large_change)
     headers = ["stage", "rows in", "rows out", "rejected", "seconds", "delta versions"]
     rows = [[s.stage, s.rows_in, s.rows_out, s.rejected, f"{s.seconds:.1f}",
              ", ".join(f"{k}@{v}" for k, v in sorted(s.versions.items())) or "-"] for s in stages]
@@ -394,7 +397,8 @@ def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], verb
 @click.option("--dry-run", is_flag=True, help="Print the adds, removes and updates it would send; send nothing.")
 @click.option("--full-refresh", is_flag=True, help="Send the whole current state again, not only the changes.")
 @click.option("--allow-large-change", is_flag=True,
-              help="Send even if a segment would lose more than sync.max_remove_share of its synced members.")
+              help="Send even if a segment would lose more of its synced members than its limit (the rule "
+                   "file's sync.max_remove_share, else the config's).")
 @pass_runtime
 def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], dry_run: bool,
          full_refresh: bool, allow_large_change: bool) -> None:
@@ -492,14 +496,9 @@ def privacy() -> None:
 def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_file: str | None) -> None:
     """Delete customers from every table and version, and from every configured email platform."""
     from jobs.runtime.report import format_table
-    from jobs.tools.privacy import erase
+    from jobs.tools.privacy import erase, read_id_file
 
-    ids = list(customer_ids)
-    if from_file:
-        try:
-            ids += [line.strip() for line in Path(from_file).read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise InputError(f"--from-file: cannot read {from_file}: {exc.strerror}") from None
+    ids = list(customer_ids) + (read_id_file(Path(from_file)) if from_file else [])
     if not ids:
         raise click.UsageError("give --customer-id ID (repeatable) or --from-file PATH")
     settings = runtime.settings
@@ -532,15 +531,18 @@ def maintain_command(runtime: Runtime, table: str | None) -> None:
 @click.option("--events", default=1_000_000, show_default=True, type=click.IntRange(min=1000),
               help="About how many event lines to generate.")
 @click.option("--workdir", default="data/bench", show_default=True, type=click.Path(file_okay=False),
-              help="Scratch folder for the landing zone and lakehouse (emptied first).")
+              help="Scratch folder for the landing zone and lakehouse (emptied first; a non-empty folder "
+                   "bench did not make is refused).")
 @click.option("--out", default="bench/results", show_default=True, type=click.Path(file_okay=False),
               help="Where the JSON and Markdown results go.")
 @pass_runtime
 def bench(runtime: Runtime, events: int, workdir: str, out: str) -> None:
     """Benchmark the pipeline against a bare read+append floor, full and 1 % incremental."""
+    from jobs.tools import owned_folder
     from jobs.tools.bench import markdown, run_bench, write
 
-    result = run_bench(runtime.spark, runtime.settings, events, Path(workdir).resolve())
+    folder = owned_folder(Path(workdir).resolve(), "bench")  # refused before Spark starts
+    result = run_bench(runtime.spark, runtime.settings, events, folder)
     json_path, md_path = write(result, Path(out))
     click.echo(markdown(result))
     click.echo(f"results: {json_path}, {md_path}")

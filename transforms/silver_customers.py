@@ -4,7 +4,7 @@ SCD2 history that places late (out-of-order) records where their ``updated_at`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import date
+from datetime import date, datetime
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -34,7 +34,8 @@ REJECTED_CUSTOMERS_SCHEMA = T.StructType(
     + [T.StructField(f.name, f.dataType) for f in BRONZE_CRM_SCHEMA.fields if f.name != "_run_id"]
     + fields(("_batch_id", LONG))
 )
-REASON_CODES = ("corrupt_record", "missing_customer_id", "invalid_updated_at", "invalid_birth_date")
+REASON_CODES = ("corrupt_record", "missing_customer_id", "invalid_updated_at", "future_updated_at",
+                "invalid_birth_date")
 
 
 def _clean(column: Column) -> Column:
@@ -55,14 +56,17 @@ def age_on(birth_date: Column, on: Column) -> Column:
     return F.floor(F.months_between(on, birth_date) / 12).cast(T.IntegerType())
 
 
-def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], today: date) -> Transform:
+def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], today: date,
+                    latest: datetime | None = None) -> Transform:
     """Bronze CRM columns -> profile columns, the bronze record kept in ``_raw``.
 
     Emails lower-cased and trimmed; names trimmed; cities and countries through the alias lists
     (``NYC``, ``new york`` -> ``New York``; ``USA`` -> ``US``), unknown cities title-cased;
     ``email_consent`` a boolean (true/yes/y/1 ..., false/no/n/0 ...; anything else null);
     ``age`` in whole years on ``today``. ``_reasons``: corrupt_record, missing_customer_id,
-    invalid_updated_at, invalid_birth_date.
+    invalid_updated_at, future_updated_at (after ``latest``: now plus the allowed clock skew — a
+    record dated 2099 would otherwise outrank every later update, a consent withdrawal included),
+    invalid_birth_date.
     """
 
     def transform(df: DataFrame) -> DataFrame:
@@ -73,6 +77,7 @@ def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], tod
             (F.col("_corrupt_record").isNotNull(), "corrupt_record"),
             (_clean(F.col("customer_id")).isNull(), "missing_customer_id"),
             (updated_at.isNull(), "invalid_updated_at"),
+            (updated_at > F.lit(latest) if latest is not None else F.lit(False), "future_updated_at"),
             (_clean(F.col("birth_date")).isNotNull() & birth_date.isNull(), "invalid_birth_date"),
         ]
         reasons = F.array_compact(F.array(*[F.when(c, F.lit(r)) for c, r in checks]))
@@ -101,10 +106,10 @@ def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], tod
 
 
 def latest_per_customer(df: DataFrame) -> DataFrame:
-    """The newest record of each customer (by ``updated_at``, then landing order)."""
-    newest = Window.partitionBy("customer_id").orderBy(
-        F.desc("updated_at"), *[F.desc(c) for c in LANDING_ORDER]
-    )
+    """The newest record of each customer by ``updated_at``; of records with the same
+    ``updated_at``, the one landed first — the rule :func:`rebuild_history` and the MERGE into
+    ``silver.customers`` (which replaces a row only with a strictly newer one) follow too."""
+    newest = Window.partitionBy("customer_id").orderBy(F.desc("updated_at"), *LANDING_ORDER)
     return df.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
 
 

@@ -37,6 +37,10 @@ class Destination(Protocol):
     def prepare(self, segment_ids: list[str]) -> None:
         """Called before anything is sent: refuse segments the destination cannot take."""
 
+    def target(self, segment_id: str) -> str | None:
+        """Where this segment's changes land (an endpoint, a list, a folder): what the sync state
+        describes. None when the segment has nowhere to go."""
+
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Called once after every batch of a run was sent."""
 

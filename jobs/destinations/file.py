@@ -48,6 +48,11 @@ class ExportDestination:
     def prepare(self, segment_ids: list[str]) -> None:
         """Any segment goes: each gets its own folder."""
 
+    def target(self, segment_id: str) -> str | None:
+        """None: an export is a feed of change batches, read in order through the manifests, not
+        a copy of the state; pointing it elsewhere only moves where later batches go."""
+        return None
+
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         self._write(f"{run_id}/manifest.json", manifest_text(summary))
 

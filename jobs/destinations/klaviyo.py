@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from jobs.destinations import BatchResult, segment_target
-from jobs.destinations.http import DeliveryFailed, Response, request
+from jobs.destinations.http import DeliveryFailed, Response, check_credentials, request
 from jobs.destinations.limits import Limit, RateLimiter
 from jobs.runtime.secrets import ENVIRONMENT, SecretSource
 from jobs.runtime.settings import KlaviyoDestination as KlaviyoSettings
@@ -103,11 +103,15 @@ class KlaviyoDestination:
                    "Accept": "application/vnd.api+json"}
         if payload is not None:
             headers["Content-Type"] = "application/vnd.api+json"
-        return request(method, self.base + path, payload, headers, self.settings.retry, sleep=self.sleep,
-                       throttle=lambda: self.limiter.slot(operation))
+        return check_credentials(self.name, request(method, self.base + path, payload, headers, self.settings.retry,
+                                                    sleep=self.sleep, throttle=lambda: self.limiter.slot(operation)))
 
     def prepare(self, segment_ids: list[str]) -> None:
         segment_target("destinations.klaviyo.lists", self.settings.lists, segment_ids)
+
+    def target(self, segment_id: str) -> str | None:
+        list_id = self.settings.lists.get(segment_id)
+        return f"{self.base} list {list_id}" if list_id else None
 
     def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
         list_id = self.settings.lists[segment_id]
@@ -123,7 +127,7 @@ class KlaviyoDestination:
     @staticmethod
     def _record(result: BatchResult, answer: Response) -> None:
         result.attempts = max(result.attempts, answer.attempts)
-        result.http_status = answer.status if answer.status >= 400 else (result.http_status or answer.status)
+        result.http_status = answer.status if not answer.ok else (result.http_status or answer.status)
 
     @staticmethod
     def _refused(answer: Response) -> str:
@@ -137,7 +141,7 @@ class KlaviyoDestination:
         ids = [item["attributes"]["external_id"] for item in part]
         answer = self._call("bulk_import_profiles", "POST", "/api/profile-bulk-import-jobs", body)
         self._record(result, answer)
-        if answer.status >= 400:
+        if not answer.ok:
             result.failed.extend((cid, self._refused(answer)) for cid in ids)
             return
         job_id = json.loads(answer.body)["data"]["id"]
@@ -151,7 +155,7 @@ class KlaviyoDestination:
         deadline = time.monotonic() + self.settings.poll_timeout_seconds
         while True:
             answer = self._call("get_bulk_import_profiles_job", "GET", f"/api/profile-bulk-import-jobs/{job_id}")
-            if answer.status >= 400:
+            if not answer.ok:
                 raise DeliveryFailed(f"Klaviyo import job {job_id}: {self._refused(answer)}")
             attributes = json.loads(answer.body)["data"]["attributes"]
             if attributes["status"] in ("complete", "cancelled"):
@@ -188,7 +192,7 @@ class KlaviyoDestination:
             answer = self._call("remove_profiles_from_list", "DELETE",
                                 f"/api/lists/{urllib.parse.quote(list_id)}/relationships/profiles", body)
             self._record(result, answer)
-            if answer.status >= 400:
+            if not answer.ok:
                 result.failed.extend((cid, self._refused(answer)) for cid in part)
 
     def _look_up(self, customers: list[str]) -> None:
@@ -206,7 +210,7 @@ class KlaviyoDestination:
         """The ``data`` items of every page, following ``links.next``."""
         while path:
             answer = self._call(operation, "GET", path)
-            if answer.status >= 400:
+            if not answer.ok:
                 raise DeliveryFailed(f"Klaviyo {what}: {self._refused(answer)}")
             page = json.loads(answer.body)
             yield from page["data"]
@@ -220,7 +224,7 @@ class KlaviyoDestination:
             body = json.dumps({"data": {"type": "data-privacy-deletion-job", "attributes": {"profile": {
                 "data": {"type": "profile", "id": self.profile_ids[customer], "attributes": {}}}}}}).encode()
             answer = self._call("request_profile_deletion", "POST", "/api/data-privacy-deletion-jobs", body)
-            if answer.status >= 400:
+            if not answer.ok:
                 raise DeliveryFailed(f"Klaviyo deletion request: {self._refused(answer)}")
             del self.profile_ids[customer]
         return f"{len(known)} deletion jobs requested, {len(customer_ids) - len(known)} not known to Klaviyo"

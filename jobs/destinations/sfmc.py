@@ -32,7 +32,14 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from jobs.destinations import BatchResult, segment_target
-from jobs.destinations.http import DeliveryFailed, Response, request
+from jobs.destinations.http import (
+    CREDENTIALS_REFUSED,
+    CredentialsRefused,
+    DeliveryFailed,
+    Response,
+    check_credentials,
+    request,
+)
 from jobs.runtime.secrets import ENVIRONMENT, SecretSource
 from jobs.runtime.settings import SfmcDestination as SfmcSettings
 from transforms.sync import TEMPLATE_FIELDS
@@ -72,6 +79,10 @@ class SfmcDestination:
     def prepare(self, segment_ids: list[str]) -> None:
         segment_target("destinations.sfmc.data_extensions", self.settings.data_extensions, segment_ids)
 
+    def target(self, segment_id: str) -> str | None:
+        key = self.settings.data_extensions.get(segment_id)
+        return f"{self.settings.rest_url.rstrip('/')} data extension {key}" if key else None
+
     def _fetch_token(self) -> str:
         grant = {"grant_type": "client_credentials", "client_id": self._client_id,
                  "client_secret": self._client_secret}
@@ -79,10 +90,10 @@ class SfmcDestination:
             grant["account_id"] = self.settings.account_id
         answer = request("POST", self.settings.auth_url.rstrip("/") + "/v2/token", json.dumps(grant).encode(),
                          {"Content-Type": "application/json"}, self.settings.retry, sleep=self.sleep)
-        if answer.status >= 400:
+        if not answer.ok:
             # The answer may echo the request; say only the status.
-            raise DeliveryFailed(f"SFMC token request refused with HTTP {answer.status} "
-                                 "(check the client id and secret variables and the package's permissions)")
+            raise CredentialsRefused(f"destination {self.name}: token request refused with HTTP {answer.status} "
+                                     "(check the client id and secret variables and the package's permissions)")
         token = json.loads(answer.body)
         self._token = token["access_token"]
         self._soap_url = self.settings.soap_url or token.get("soap_instance_url")
@@ -107,16 +118,16 @@ class SfmcDestination:
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             answer = request(method, self.settings.rest_url.rstrip("/") + path, body, headers, self.settings.retry,
                              sleep=self.sleep)
-            return answer, answer.status == 401
+            return answer, answer.status in CREDENTIALS_REFUSED
 
-        return self._authorized(send)
+        return check_credentials(self.name, self._authorized(send))
 
     def _upsert(self, key: str, items: list[dict[str, Any]]) -> tuple[Response, str | None, dict[str, Any] | None]:
         """PUT rows into a data extension and poll the request to its end: (answer, request id, status);
         no id and status when the PUT itself was refused."""
         answer = self._call("PUT", f"/data/v1/async/dataextensions/key:{urllib.parse.quote(key, safe='')}/rows",
                             {"items": items})
-        if answer.status >= 400:
+        if not answer.ok:
             return answer, None, None
         request_id = json.loads(answer.body)["requestId"]
         return answer, request_id, self._wait_for(request_id)
@@ -132,7 +143,7 @@ class SfmcDestination:
         result = BatchResult(attempts=answer.attempts, http_status=answer.status)
         if _has_errors(status):
             errors = self._call("GET", f"/data/v1/async/{request_id}/results")
-            items = json.loads(errors.body).get("items", []) if errors.status < 400 else []
+            items = json.loads(errors.body).get("items", []) if errors.ok else []
             first = next((i for i in items if i.get("status") == "Error"), None)
             message = (f"{first.get('errorCode')}: {first.get('message')}"[:300] if first
                        else f"request {request_id} ended with status {status['requestStatus']}")
@@ -143,7 +154,7 @@ class SfmcDestination:
         deadline = self.clock() + self.settings.poll_timeout_seconds
         while True:
             answer = self._call("GET", f"/data/v1/async/{request_id}/status")
-            if answer.status >= 400:
+            if not answer.ok:
                 raise DeliveryFailed(f"SFMC request {request_id} status: HTTP {answer.status}")
             status = json.loads(answer.body)["status"]
             if status["requestStatus"] != "Pending":
@@ -174,12 +185,12 @@ class SfmcDestination:
                              delete_envelope(token, key, customer_ids),
                              {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "Delete"},
                              self.settings.retry, sleep=self.sleep, final=_client_fault)
-            fault = soap_fault(answer.body) if answer.status >= 400 else None
+            fault = soap_fault(answer.body) if not answer.ok else None
             return answer, bool(fault) and any(word in fault[1].lower() for word in TOKEN_FAULTS)
 
         answer = self._authorized(send)
-        fault = soap_fault(answer.body) if answer.status >= 400 else None
-        if answer.status >= 400:
+        fault = soap_fault(answer.body) if not answer.ok else None
+        if not answer.ok:
             reason = f"{fault[0]}: {fault[1]}" if fault else f"HTTP {answer.status}"
             raise DeliveryFailed(f"SFMC row delete in data extension {key}: {_scrub(reason, customer_ids)}")
         results = delete_results(answer.body)

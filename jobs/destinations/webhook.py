@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from jobs.destinations import BatchResult
-from jobs.destinations.http import post
+from jobs.destinations.http import check_credentials, post
 from jobs.runtime.secrets import ENVIRONMENT, SecretSource
 from jobs.runtime.settings import WebhookDestination as WebhookSettings
 
@@ -35,11 +35,11 @@ class WebhookDestination:
         body = json.dumps(payload, sort_keys=True, default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key,
                    SIGNATURE_HEADER: sign(self._secret, body)}
-        return post(self.settings.url, body, headers, self.settings.retry)
+        return check_credentials(self.name, post(self.settings.url, body, headers, self.settings.retry))
 
     def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
         answer = self._post(key, {"type": "changes", "segment_id": segment_id, "batch_key": key, "changes": rows})
-        if answer.status >= 400:
+        if not answer.ok:
             error = f"HTTP {answer.status}: {answer.body[:200].decode(errors='replace')}"
             return BatchResult(failed=[(row["customer_id"], error) for row in rows], attempts=answer.attempts,
                                http_status=answer.status)
@@ -47,6 +47,9 @@ class WebhookDestination:
 
     def prepare(self, segment_ids: list[str]) -> None:
         """Any segment goes: the payload names it."""
+
+    def target(self, segment_id: str) -> str | None:
+        return self.settings.url
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         """Nothing to finish: every batch stands on its own."""

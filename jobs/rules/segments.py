@@ -7,6 +7,9 @@ A file holds one segment::
     description: ...
     where: {field: cart_abandoned_at, within: 24h}    # or
     sql: "cart_abandoned_at >= as_of - INTERVAL 24 HOURS"
+    sync: {max_remove_share: 1.0}     # optional: the share of synced members one sync may remove
+                                      # (default sync.max_remove_share); 1.0 for a segment that
+                                      # turns over by design, like a 24-hour window
 
 Every problem is a ConfigError naming the file, the segment and the field.
 """
@@ -23,6 +26,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from jobs.rules.sql import sql_problem
 from jobs.runtime.errors import ConfigError
 from jobs.runtime.settings import read_yaml
 from jobs.runtime.spark import analysis_message
@@ -31,7 +35,7 @@ from transforms.segments import check_condition
 
 SEGMENT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 FEATURE_TYPES = {f.name: f.dataType for f in CUSTOMER_FEATURES_SCHEMA.fields}
-KEYS = {"id", "name", "description", "where", "sql"}
+KEYS = {"id", "name", "description", "where", "sql", "sync"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Segment:
     where: dict[str, Any] | None
     sql: str | None
     file: str
+    max_remove_share: float | None = None  # how much of it one sync may remove; None: the config's
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "description": self.description,
@@ -68,7 +73,18 @@ def _segment(path: Path) -> Segment:
         if problem:
             raise ConfigError(f"{label}: {problem}")
     return Segment(segment_id, data["name"], str(data.get("description") or ""), data.get("where"),
-                   data.get("sql"), str(path))
+                   data.get("sql"), str(path), _max_remove_share(label, data.get("sync")))
+
+
+def _max_remove_share(label: str, sync: Any) -> float | None:
+    if sync is None:
+        return None
+    if not isinstance(sync, dict) or set(sync) != {"max_remove_share"}:
+        raise ConfigError(f"{label}: sync: expected {{max_remove_share: <a share from 0 to 1>}}")
+    share = sync["max_remove_share"]
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise ConfigError(f"{label}: sync: max_remove_share: expected a number from 0 to 1, got {share!r}")
+    return float(share)
 
 
 def load_segments(directory: Path) -> list[Segment]:
@@ -91,6 +107,9 @@ def check_sql(spark: SparkSession, segments: list[Segment]) -> None:
     for segment in segments:
         if segment.sql is None:
             continue
+        problem = sql_problem(spark, segment.sql)
+        if problem:
+            raise ConfigError(f"{segment.file}: segment {segment.id!r}: sql: {problem}")
         try:
             data_type = empty.select(F.expr(segment.sql).alias("x")).schema["x"].dataType
         except Exception as exc:  # ParseException, AnalysisException

@@ -7,6 +7,11 @@ Delta commits it made per table (counted by the write functions of :mod:`jobs.ru
 data-quality results, segment and sync summaries. When the command ends — succeeded or failed
 — all its rows are appended to ``ops.job_runs`` in a single commit; ``ops.dq_results`` and
 ``ops.segment_runs`` are views of them.
+
+That commit's metadata also carries, per step, the *outcome* of the last successful run of
+each stage that declared one (what it was computed from and the version of the table it left), so
+a stage whose inputs have not changed since — even one that wrote nothing — can skip its work
+(:func:`previous_outcome`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class StageResult:
     rules_hash: str | None = None
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # for the terminal, not stored
+    # Per step (a stage's own name, or a step it ran for itself): what it computed from, the version
+    # of its output table it left, what a skipped rerun reports (JSON). Kept in ops.job_runs' commit.
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def data_commits(self) -> int:
@@ -155,7 +163,7 @@ def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | N
     """A command's :class:`Run`; its rows are appended to ``ops.job_runs`` in one commit when it
     ends, whether it succeeded or failed (a driver killed outright records nothing here, but
     every data commit it made carries its run id)."""
-    from jobs.runtime.tables import append_rows
+    from jobs.runtime.tables import append, last_commit_metadata, spec, table_path
 
     run = Run(spark, root, job, env, **({"run_id": run_id} if run_id else {}))
     failure: BaseException | None = None
@@ -165,7 +173,30 @@ def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | N
         failure = exc
         raise
     finally:
-        append_rows(spark, root, JOB_RUNS, run.rows(failure))
+        outcomes = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {})
+        for stage in run.stages:
+            outcomes.update(stage.outcomes if stage.status == "succeeded" else {})
+        append(spark.createDataFrame(run.rows(failure), spec(JOB_RUNS).schema), root, JOB_RUNS,
+               metadata={"run_id": run.run_id, "outcomes": outcomes})
+
+
+def previous_outcome(spark: SparkSession, root: str, step: str, path: str, inputs: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+    """The outcome the last run of ``step`` recorded if it was computed from exactly ``inputs``
+    and its output table (at ``path``) is still at the version that run left; else None.
+
+    Read from the output table's latest commit (the run wrote it) or, when that run wrote nothing
+    (its result equalled what the table held), from the last ``ops.job_runs`` commit: two log
+    files, no Spark job."""
+    from jobs.runtime.tables import current_version, last_commit_metadata, table_path
+
+    own = last_commit_metadata(spark, path)
+    if own.get("inputs") == inputs:
+        return own
+    recorded = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {}).get(step)
+    if recorded and recorded.get("inputs") == inputs and recorded.get("version") == current_version(spark, path):
+        return recorded
+    return None
 
 
 @contextmanager

@@ -13,8 +13,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import unicodedata
 
 from jobs.runtime.errors import ConfigError
+from jobs.runtime.pii import register_secret
 from jobs.runtime.settings import SecretsSettings
 
 
@@ -23,18 +25,29 @@ class SecretSource:
         self.settings = settings or SecretsSettings()
 
     def get(self, setting: str, name: str) -> str:
-        """The value of credential ``name``; the error names the setting and the variable, never a value."""
+        """The value of credential ``name``, without surrounding whitespace (a key pasted with its
+        line break); the error names the setting and the variable, never a value. Every value read
+        is scrubbed from error text from then on (:func:`jobs.runtime.pii.mask`)."""
         secret_id = self.settings.aws_secret_id
         if secret_id:
             value = _aws_secret(secret_id, self.settings.region, self.settings.endpoint_url).get(name)
-            if value:
-                return value
+            if value and value.strip():
+                return _checked(setting, name, value)
         value = os.environ.get(name)
-        if value:
-            return value
+        if value and value.strip():
+            return _checked(setting, name, value)
         if secret_id:
             raise ConfigError(f"{setting}: {name} is neither a key of secret {secret_id!r} nor set in the environment")
         raise ConfigError(f"{setting}: environment variable {name} is not set")
+
+
+def _checked(setting: str, name: str, value: str) -> str:
+    value = value.strip()
+    register_secret(value)
+    if any(unicodedata.category(c)[0] == "C" for c in value):
+        raise ConfigError(f"{setting}: {name} holds a control character (a line break or tab inside the value?); "
+                          "set it to the bare credential")
+    return value
 
 
 ENVIRONMENT = SecretSource()

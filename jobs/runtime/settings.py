@@ -118,9 +118,14 @@ class FileDestination(Frozen):
 
 
 class RetrySettings(Frozen):
-    timeout_seconds: float = Field(default=30, gt=0, description="Per request.")
+    timeout_seconds: float = Field(default=30, gt=0, description="Per attempt.")
     max_attempts: int = Field(default=5, ge=1, description="Tries per request before the run fails.")
     backoff_seconds: float = Field(default=1.0, ge=0, description="First back-off; doubles, with jitter.")
+    max_retry_after_seconds: float = Field(
+        default=120, ge=0, description="Longest Retry-After (429, 503) honoured; a longer one fails the batch now "
+        "and the next run sends it again.")
+    deadline_seconds: float = Field(default=600, gt=0, description="All attempts of one request, waits included.")
+    max_response_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Largest answer body read.")
 
 
 class WebhookDestination(Frozen):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
@@ -43,7 +44,6 @@ TEST_PROFILE_CONFS: dict[str, str] = {
     "spark.default.parallelism": "2",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "1",
     "spark.rdd.compress": "false",
     "spark.shuffle.compress": "false",
@@ -73,8 +73,11 @@ def _text(value: SparkConfValue) -> str:
 
 # On one machine: Spark's parallel file listing (VACUUM's, among others) defaults to 10,000 tasks,
 # which costs half a minute even for a table of ten files.
+# And a Delta log on one machine is small: rebuilding a snapshot's state (every idempotent write
+# and every read of a new version does) in one partition saves a quarter of its cost.
 LOCAL_CONFS: dict[str, str] = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
+    "spark.databricks.delta.snapshotPartitions": "1",
 }
 
 
@@ -83,6 +86,8 @@ def session_confs(settings: SparkSettings) -> dict[str, str]:
     confs = {**DELTA_CONFS, **BASE_CONFS, "spark.ui.enabled": _text(settings.ui)}
     if (settings.master or "").startswith("local"):
         confs.update(LOCAL_CONFS)
+        if not os.environ.get("PYSPARK_PYTHON"):  # Python workers run this interpreter, not PATH's python3
+            confs["spark.pyspark.python"] = sys.executable
     if settings.profile == "test":
         confs.update(TEST_PROFILE_CONFS)
     confs.update({key: _text(value) for key, value in settings.conf.items()})

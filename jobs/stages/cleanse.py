@@ -42,6 +42,7 @@ from jobs.rules import (
     load_locations,
     load_quality_rules,
 )
+from jobs.rules.sql import sql_problem
 from jobs.runtime.errors import ConfigError, LakehouseError
 from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings, rules_dir
@@ -145,8 +146,12 @@ def _check_expectations(table: str, expectations: tuple[Expectation, ...], faile
 
 
 def _validate_expectations(df: DataFrame, table: str, expectations: tuple[Expectation, ...], path: Path) -> None:
-    """Analyze every expectation against the table's columns before touching data."""
+    """Check every expectation's SQL (allowed functions, no subquery) and analyze it against the
+    table's columns before touching data."""
     for expectation in expectations:
+        problem = sql_problem(df.sparkSession, expectation.expect)
+        if problem:
+            raise ConfigError(f"{path}: {table}: {expectation.name}: {problem}")
         try:
             df.select(F.expr(expectation.expect)).schema  # noqa: B018 - analysis only
         except Exception as exc:  # AnalysisException or ParseException
@@ -487,7 +492,9 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
     def handle(batch: Batch) -> None:
         bronze_rows = batch.df.count()
         parsed = (
-            batch.df.transform(parse_customers(locations.cities, locations.countries, utc_now().date()))
+            batch.df.transform(parse_customers(
+                locations.cities, locations.countries, utc_now().date(),
+                latest=utc_now() + timedelta(minutes=settings.cleanse.max_clock_skew_minutes)))
             .withColumn("_duplicate", F.lit(False))  # a CRM record is a version, never a duplicate
             .withColumn("_judged_at", F.when(F.size("_reasons") > 0, 0).otherwise(99))
             .withColumn("_neighbour", F.lit(False))

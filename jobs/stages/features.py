@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.runtime.runlog import StageResult, run_stage
+from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
 from jobs.runtime.settings import Settings
 from jobs.runtime.tables import current_version, last_commit_metadata, overwrite, read_or_empty, table_path
 from transforms.bronze import conform_to
@@ -71,26 +71,29 @@ def features_stage(spark: SparkSession, settings: Settings, as_of: datetime, sta
     as_of = as_utc(as_of)
     path = table_path(root, FEATURES)
     inputs = _inputs(spark, settings, as_of)
-    previous = last_commit_metadata(spark, path)
-    if previous.get("inputs") == inputs:
-        customers = int(str(previous["content"]).split(":")[0])
+    previous = previous_outcome(spark, root, "features", path, inputs)
+    if previous is not None:  # computed from these very inputs before: the same features
+        content = str(previous["content"])
         stage.details["unchanged_since"] = previous.get("as_of")
     else:
         features = compute_features(spark, settings, as_of).persist()
         try:
             content = digest(features)
-            customers = int(content.split(":")[0])
-            if previous.get("content") == content:
-                stage.details["unchanged_since"] = previous.get("as_of")
+            last = last_commit_metadata(spark, path)
+            if last.get("content") == content:
+                stage.details["unchanged_since"] = last.get("as_of")
             else:
                 overwrite(features, root, FEATURES, metadata={
                     "run_id": stage.run_id, "as_of": as_of.isoformat(), "content": content, "inputs": inputs})
         finally:
             features.unpersist()
+    customers = int(content.split(":")[0])
     stage.rows_out = customers
     stage.as_of = as_of
     stage.metrics["customers"] = customers
     stage.versions[FEATURES] = current_version(spark, path)
+    stage.outcomes["features"] = {"inputs": inputs, "version": stage.versions[FEATURES], "content": content,
+                     "as_of": stage.details.get("unchanged_since") or as_of.isoformat()}
 
 
 def features_as_of(spark: SparkSession, root: str) -> datetime | None:

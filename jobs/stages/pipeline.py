@@ -52,23 +52,24 @@ STAGES: tuple[tuple[str, StageFn], ...] = (
 )
 
 
-def _sync_stage(name: str) -> StageFn:
+def _sync_stage(name: str, allow_large_change: bool) -> StageFn:
     def stage_fn(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
         from jobs.stages.sync import sync_stage
 
-        sync_stage(spark, settings, name, stage)
+        sync_stage(spark, settings, name, stage, allow_large_change=allow_large_change)
 
     return stage_fn
 
 
-def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = ()) -> list[StageResult]:
+def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = (),
+               allow_large_change: bool = False) -> list[StageResult]:
     """ingest -> cleanse -> features -> segment (-> sync to each destination) as stages of ``run``;
     a failure stops the run and names its stage."""
     from jobs.destinations import destination
 
     for name in sync_to:
         destination(settings, name)  # an unknown destination fails before any stage runs
-    stages = [*STAGES, *[(f"sync:{name}", _sync_stage(name)) for name in sync_to]]
+    stages = [*STAGES, *[(f"sync:{name}", _sync_stage(name, allow_large_change)) for name in sync_to]]
     for name, stage_fn in stages:
         try:
             with run.stage(name) as stage:
@@ -81,7 +82,7 @@ def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str
 
 
 def run_pipeline(spark: SparkSession, settings: Settings, as_of: datetime,
-                 sync_to: tuple[str, ...] = ()) -> list[StageResult]:
+                 sync_to: tuple[str, ...] = (), allow_large_change: bool = False) -> list[StageResult]:
     """The whole pipeline as one command (``job`` ``run``): one ``ops.job_runs`` commit at the end."""
     with recorded(spark, settings.lakehouse.root, "run", settings.env) as run:
-        return run_stages(run, settings, as_of, sync_to)
+        return run_stages(run, settings, as_of, sync_to, allow_large_change)

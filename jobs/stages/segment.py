@@ -17,12 +17,11 @@ from pyspark.sql import functions as F
 
 from jobs.rules.segments import FEATURE_TYPES, Segment, check_sql, load_segments, rules_hash
 from jobs.runtime.errors import InputError
-from jobs.runtime.runlog import StageResult, run_stage
+from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.tables import (
     current_version,
     ensure_table,
-    last_commit_metadata,
     overwrite,
     read_or_empty,
     spec,
@@ -70,15 +69,17 @@ def segment_stage(spark: SparkSession, settings: Settings, as_of: datetime | Non
             raise InputError("no customer features yet: run `lakehouse features` or give --as-of")
         as_of = current_as_of
     elif not features_ready and (current_as_of is None or as_utc(current_as_of) != as_utc(as_of)):
-        features_stage(spark, settings, as_of, StageResult("features", stage.run_id))
+        computed = StageResult("features", stage.run_id)
+        features_stage(spark, settings, as_of, computed)
+        stage.outcomes.update(computed.outcomes)
     as_of = as_utc(as_of)
     digest = rules_hash(segments)
     path = ensure_table(spark, root, MEMBERSHIP)
     inputs = {"features": current_version(spark, table_path(root, FEATURES)), "as_of": str(as_of),
               "rules_hash": digest}
-    previous_commit = last_commit_metadata(spark, path)
-    if previous_commit.get("inputs") == inputs:  # judged on the same features, time and rules: nobody moves
-        counted = {sid: (size, 0, 0) for sid, size in previous_commit["sizes"].items()}
+    previous = previous_outcome(spark, root, "segment", path, inputs)
+    if previous is not None:  # judged on the same features, time and rules: nobody moves
+        counted = {sid: (size, 0, 0) for sid, size in previous["sizes"].items()}
     else:
         counted = _judge(spark, root, segments, as_of, stage, digest, inputs)
     changes = [(s.id, *counted.get(s.id, (0, 0, 0))) for s in segments]
@@ -89,6 +90,8 @@ def segment_stage(spark: SparkSession, settings: Settings, as_of: datetime | Non
     stage.rows_out = sum(size for _, size, _, _ in changes)
     stage.versions[MEMBERSHIP] = current_version(spark, path)
     stage.metrics.update({f"size.{sid}": size for sid, size, _, _ in changes})
+    stage.outcomes["segment"] = {"inputs": inputs, "version": stage.versions[MEMBERSHIP],
+                     "sizes": {sid: size for sid, (size, _, _) in counted.items()}}
 
 
 def _judge(spark: SparkSession, root: str, segments: list[Segment], as_of: datetime, stage: StageResult,

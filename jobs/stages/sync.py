@@ -30,10 +30,19 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.destinations import Destination, destination
+from jobs.rules.segments import load_segments
 from jobs.runtime.errors import InputError, LakehouseError
-from jobs.runtime.runlog import StageResult, run_stage, utc_now
-from jobs.runtime.settings import Settings
-from jobs.runtime.tables import append_rows, current_version, overwrite, read_or_empty, table_path
+from jobs.runtime.pii import mask
+from jobs.runtime.runlog import JOB_RUNS, StageResult, previous_outcome, run_stage, utc_now
+from jobs.runtime.settings import Settings, rules_dir
+from jobs.runtime.tables import (
+    append_rows,
+    current_version,
+    last_commit_metadata,
+    overwrite,
+    read_or_empty,
+    table_path,
+)
 from transforms.sync import (
     ACKNOWLEDGED,
     ACTION_ORDER,
@@ -52,6 +61,10 @@ class LargeChange(LakehouseError):
     """A run would remove more of a segment than the guard allows."""
 
 
+class TargetChanged(LakehouseError):
+    """The destination's settings now point a synced segment somewhere else."""
+
+
 @dataclass
 class SegmentSync:
     segment_id: str
@@ -65,9 +78,11 @@ class SegmentSync:
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def batch_key(destination_name: str, segment_id: str, rows: list[dict[str, Any]]) -> str:
-    """Idempotency key: the same changes to the same place always get the same key."""
-    content = json.dumps([destination_name, segment_id, rows], sort_keys=True, default=str)
+def batch_key(destination_name: str, segment_id: str, batch_seq: int, rows: list[dict[str, Any]]) -> str:
+    """Idempotency key of one logical change set: its place in the destination's ledger and its
+    content. A batch resent after a crash (not yet in the ledger) gets its first key again; the
+    same rows sent later — a customer removed, added back, removed again — get a new one."""
+    content = json.dumps([destination_name, segment_id, batch_seq, rows], sort_keys=True, default=str)
     return hashlib.sha256(content.encode()).hexdigest()
 
 
@@ -149,6 +164,9 @@ def sync_stage(
     version = current_version(spark, table_path(root, MEMBERSHIP))
     if version < 0:
         raise InputError("no segment membership yet: run `lakehouse segment` first")
+    inputs = _inputs(spark, settings, destination_name, version, segment_ids)
+    if not (dry_run or full_refresh) and _unchanged(spark, root, stage, version, inputs):
+        return
     membership = spark.read.format("delta").option("versionAsOf", version).load(table_path(root, MEMBERSHIP))
     held = _delivered(spark, root, destination_name)
     delivered = held.members(spark, root, destination_name).persist()
@@ -159,6 +177,9 @@ def sync_stage(
         if unknown:
             raise InputError(f"unknown segment {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
         chosen = sorted(segment_ids or known)
+        targets = {s: _digest(target.target(s)) for s in chosen}
+        if not (dry_run or full_refresh):
+            _check_targets(spark, root, stage.stage, targets, sizes)
         desired = membership.where(F.col("segment_id").isin(chosen)).transform(
             desired_members(read_or_empty(spark, root, FEATURES)))
         changes = desired.transform(plan_changes(delivered.where(F.col("segment_id").isin(chosen)),
@@ -170,6 +191,59 @@ def sync_stage(
             changes.unpersist()
     finally:
         delivered.unpersist()
+    stage.outcomes[stage.stage] = {"inputs": inputs, "version": current_version(spark, table_path(root, LEDGER)),
+                                   "segments": chosen, "refused": stage.rejected,
+                                   "targets": {**_recorded_targets(spark, root, stage.stage), **targets}}
+
+
+def _digest(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest()[:16] if text else None
+
+
+def _recorded_targets(spark: SparkSession, root: str, step: str) -> dict[str, str | None]:
+    """Per segment, where the last successful sync to this destination sent it (a digest)."""
+    recorded = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {}).get(step) or {}
+    return dict(recorded.get("targets") or {})
+
+
+def _check_targets(spark: SparkSession, root: str, step: str, targets: dict[str, str | None],
+                   sizes: dict[str, int]) -> None:
+    """Refuse to send only the changes to a target that holds none of the earlier ones: the sync
+    state describes where this destination used to point."""
+    recorded = _recorded_targets(spark, root, step)
+    moved = [s for s in sorted(targets) if sizes.get(s) and recorded.get(s) and targets[s]
+             and recorded[s] != targets[s]]
+    if moved:
+        name = step.split(":", 1)[1]
+        raise TargetChanged(
+            f"destination {name} now sends {moved[0]} somewhere else than its {sizes[moved[0]]} synced members went "
+            f"(its settings changed since the last sync); nothing was sent. To fill the new target run "
+            f"`lakehouse sync {name} --full-refresh`, or restore the settings")
+
+
+def _inputs(spark: SparkSession, settings: Settings, name: str, version: int, segment_ids: tuple[str, ...]
+            ) -> dict[str, Any]:
+    """What a sync's changes are a function of besides the ledger: the membership and features
+    versions, the segments asked for and the destination's settings (a new target is new work)."""
+    configured = settings.destinations.file if name == "file" else getattr(settings.destinations, name, None)
+    target = json.dumps(configured.model_dump(mode="json") if configured is not None else None, sort_keys=True)
+    return {"membership": version, "features": current_version(spark, table_path(settings.lakehouse.root, FEATURES)),
+            "segments": sorted(segment_ids), "target": hashlib.sha256(target.encode()).hexdigest()[:16]}
+
+
+def _unchanged(spark: SparkSession, root: str, stage: StageResult, version: int, inputs: dict[str, Any]) -> bool:
+    """Whether the last sync to this destination ran on these very inputs, refused nothing, and the
+    ledger has not moved since: then everything it planned is delivered and nothing differs."""
+    previous = previous_outcome(spark, root, stage.stage, table_path(root, LEDGER), inputs)
+    if previous is None or previous["refused"]:
+        return False
+    plan = [SegmentSync(segment_id, version) for segment_id in previous["segments"]]
+    stage.details.update({"destination": stage.stage.split(":", 1)[1], "version": version, "dry_run": False,
+                          "plan": plan, "unchanged": True})
+    stage.versions[MEMBERSHIP] = version
+    stage.sync = [(s.segment_id, 0, 0, 0, 0, 0, version) for s in plan]
+    stage.outcomes[stage.stage] = previous
+    return True
 
 
 def _send_changes(spark: SparkSession, settings: Settings, target: Destination, stage: StageResult, version: int,
@@ -180,7 +254,8 @@ def _send_changes(spark: SparkSession, settings: Settings, target: Destination, 
                       for r in changes.groupBy("segment_id", "action").count().collect()})
     plan = [SegmentSync(s, version, counts[(s, "add")], counts[(s, "remove")], counts[(s, "update")],
                         delivered_before=sizes.get(s, 0)) for s in chosen]
-    _guard(plan, settings.sync.max_remove_share, allow_large_change)
+    limits = {s.id: s.max_remove_share for s in load_segments(rules_dir(settings)) if s.max_remove_share is not None}
+    _guard(plan, settings.sync.max_remove_share, limits, allow_large_change)
     stage.details.update({"destination": target.name, "version": version, "dry_run": dry_run, "plan": plan})
     if dry_run:
         target.prepare(chosen)
@@ -230,11 +305,14 @@ def _fold_state(spark: SparkSession, root: str, name: str, held: Delivered, thro
     overwrite(rows.unionByName(watermark), root, STATE, replace_where=f"destination = '{name}'")
 
 
-def _guard(plan: list[SegmentSync], max_share: float, allowed: bool) -> None:
+def _guard(plan: list[SegmentSync], default_share: float, limits: dict[str, float], allowed: bool) -> None:
+    """Stop before sending if a segment would lose more of its synced members than its rule file
+    (``sync.max_remove_share``) or, by default, the config allows."""
     for segment in plan:
         if allowed or segment.delivered_before == 0:
             continue
         share = segment.removes / segment.delivered_before
+        max_share = limits.get(segment.segment_id, default_share)
         if share > max_share:
             raise LargeChange(
                 f"sync would remove {segment.removes} of {segment.delivered_before} synced members of "
@@ -245,11 +323,11 @@ def _guard(plan: list[SegmentSync], max_share: float, allowed: bool) -> None:
 
 def _send(spark: SparkSession, root: str, target: Destination, run_id: str, version: int, segment: SegmentSync,
           batch_no: int, batch_seq: int, rows: list[dict[str, Any]]) -> None:
-    key = batch_key(target.name, segment.segment_id, rows)
+    key = batch_key(target.name, segment.segment_id, batch_seq, rows)
     started = time.perf_counter()
     result = target.send(run_id, segment.segment_id, batch_no, key, rows)
     seconds = time.perf_counter() - started
-    failed = dict(result.failed)
+    failed = {customer_id: mask(error) for customer_id, error in result.failed}  # vendor text: no secret, no email
     now = utc_now()
     append_rows(spark, root, LEDGER, [
         (target.name, segment.segment_id, row["customer_id"], row["action"], row["attr_hash"],

@@ -32,6 +32,7 @@ from pyspark.sql import SparkSession
 
 from jobs.runtime.settings import Settings
 from jobs.stages.pipeline import StageResult, run_pipeline
+from jobs.tools import MARK, owned_folder
 from jobs.tools.demo import generate
 
 DAYS = 7
@@ -78,7 +79,9 @@ def _stages(results: list[StageResult]) -> list[dict[str, Any]]:
 
 
 def run_bench(spark: SparkSession, settings: Settings, events: int, workdir: Path) -> dict[str, Any]:
-    shutil.rmtree(workdir, ignore_errors=True)
+    for part in owned_folder(workdir, "bench").iterdir():
+        if part.name != MARK:
+            shutil.rmtree(part) if part.is_dir() else part.unlink()
     landing, lakehouse = workdir / "landing", workdir / "lakehouse"
     settings = settings.model_copy(update={
         "lakehouse": settings.lakehouse.model_copy(update={"root": str(lakehouse)}),

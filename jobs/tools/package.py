@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
 from jobs.runtime.settings import PROJECT_ROOT, conf_dir
+from jobs.tools import owned_folder
 
 PACKAGES = ("jobs", "transforms")
 ENTRY_SCRIPT = '''"""spark-submit entry point of the email lakehouse (written by `lakehouse package`).
@@ -65,7 +66,7 @@ def runtime_requirements() -> list[str]:
 
 
 def build(out: Path, rules: Path | None = None) -> dict[str, object]:
-    out.mkdir(parents=True, exist_ok=True)
+    owned_folder(out, "package")
     with zipfile.ZipFile(out / "lakehouse.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         for package in PACKAGES:
             _zip_tree(archive, PROJECT_ROOT / package, package, (".py",))

@@ -16,6 +16,11 @@
    deletion job; SFMC rows are deleted with the SOAP API).
 6. A ``completed`` row records which tables lost how many rows and what each platform answered.
 
+An erasure interrupted after its MERGEs (a crash, a failed purge) left ``requested`` rows with no
+``completed`` one, and maybe old versions still readable. The next erasure — of anyone, the same
+customers included, whose rows are then already gone from the current versions — finds it, purges
+and VACUUMs every table, and writes its ``completed`` rows too.
+
 The erasure's MERGE commits only carry ``delete`` change rows and the purge rewrites are not data
 changes; the cleanse job reads only appending bronze commits, so nothing comes back.
 """
@@ -26,6 +31,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -146,12 +152,21 @@ def _delete(spark: SparkSession, root: str, key: str, matches: list[tuple[Callab
     return done["num_deleted_rows"]
 
 
-def _purge(spark: SparkSession, path: str, retention_hours: float) -> None:
+def _unfinished(spark: SparkSession, root: str, erasure_id: str) -> list[Any]:
+    """``requested`` rows of earlier erasures that never wrote ``completed`` (a handful)."""
+    log = read_or_empty(spark, root, ERASURE_LOG)
+    done = log.where(F.col("status") == "completed").select("erasure_id")
+    return (log.where((F.col("status") == "requested") & (F.col("erasure_id") != erasure_id))
+            .join(done, "erasure_id", "left_anti").select("erasure_id", "id_hash", "linked_hashes").collect())
+
+
+def _purge(spark: SparkSession, path: str, retention_hours: float, always: bool = False) -> None:
     """Rewrite the files the MERGE only marked with deletion vectors (if it did: its own metrics
-    say), then VACUUM every file no longer in the table — a full listing, not the log's LITE
-    view, so a file an aborted write left behind goes too."""
+    say; ``always`` when an earlier erasure's MERGE may have), then VACUUM every file no longer in
+    the table — a full listing, not the log's LITE view, so a file an aborted write left behind
+    goes too."""
     [last] = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").collect()
-    if int((last["operationMetrics"] or {}).get("numTargetDeletionVectorsAdded", "0") or 0):
+    if always or int((last["operationMetrics"] or {}).get("numTargetDeletionVectorsAdded", "0") or 0):
         spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
     key = "spark.databricks.delta.retentionDurationCheck.enabled"
     previous = spark.conf.get(key, "true")
@@ -177,6 +192,7 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
         append_rows(spark, root, ERASURE_LOG, [
             (result.erasure_id, h, links, "requested", None, None, utc_now()) for h, links in hashed])
         marker = {"run_id": run.run_id, "erasure_id": result.erasure_id}
+        unfinished = _unfinished(spark, root, result.erasure_id)
         for key in (*EVENT_TABLES, *CRM_TABLES, *BY_CUSTOMER):
             path = table_path(root, key)
             if not is_delta_table(spark, path):
@@ -184,16 +200,31 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
             deleted = _delete(spark, root, key, _matches(key, ids, anonymous, emails), marker)
             if deleted:
                 result.tables[key] = deleted
-                _purge(spark, path, settings.privacy.erase_vacuum_retention_hours)
+            if deleted or unfinished:
+                _purge(spark, path, settings.privacy.erase_vacuum_retention_hours, always=bool(unfinished))
         for name in platforms:
             result.platforms[name] = _erase_at(settings, name, ids)
         append_rows(spark, root, ERASURE_LOG, [
-            (result.erasure_id, h, links, "completed", result.tables, result.platforms, utc_now())
-            for h, links in hashed])
+            *[(result.erasure_id, h, links, "completed", result.tables, result.platforms, utc_now())
+              for h, links in hashed],
+            *[(r["erasure_id"], r["id_hash"], r["linked_hashes"], "completed", {}, {"finished_by": result.erasure_id},
+               utc_now()) for r in unfinished]])
         run.rows_in = len(ids)
         run.rows_out = sum(result.tables.values())
         run.metrics = {f"rows.{k}": v for k, v in result.tables.items()}
     return result
+
+
+def read_id_file(path: Path) -> list[str]:
+    """Customer ids, one per line, as a spreadsheet or an editor saves them: UTF-8 with or without
+    a byte-order mark, any line ending, blank lines and surrounding spaces ignored."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"--from-file: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--from-file: {path} is not UTF-8 text (byte {exc.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _erase_at(settings: Settings, name: str, ids: list[str]) -> str:

@@ -101,6 +101,17 @@ def test_demo_refuses_a_future_end_and_a_used_folder(tmp_path):
     assert used.exit_code == 2 and "already holds demo data" in used.output
 
 
+@pytest.mark.parametrize("command", [["package", "--out"], ["bench", "--events", "1000", "--workdir"]])
+def test_package_and_bench_refuse_a_folder_they_did_not_make(tmp_path, command):
+    project = tmp_path / "project"
+    (project / "conf").mkdir(parents=True)
+    (project / "conf" / "prod.yaml").write_text("lakehouse: {root: s3a://bucket/lakehouse}\n")
+    result = _run(*command, str(project))
+    assert result.exit_code == 2, result.output
+    assert f"error: {project} is not empty and was not made by `lakehouse {command[0]}`" in result.output
+    assert (project / "conf" / "prod.yaml").is_file()  # nothing deleted
+
+
 def test_unknown_source_is_a_one_line_error(tmp_path):
     result = _run(*_roots(tmp_path), "ingest", "events", "--source", "nope")
     assert result.exit_code == 2

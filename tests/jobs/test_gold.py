@@ -77,6 +77,10 @@ def test_segment_runs_an_hour_apart_move_customers_and_time_travel_returns_the_f
     third = run_segments(spark, settings, T0 + timedelta(hours=1, minutes=1))  # nobody moves: no commit
     assert third.versions["gold.segment_membership"] == second_version and third.data_commits == 0
     assert [r["size"] for r in history(spark, root, "abandoned_cart_24h")] == [2, 2, 2]
+    # Judged on the same features, time and rules as the run that moved nobody: no work at all.
+    fourth = run_segments(spark, settings, T0 + timedelta(hours=1, minutes=1))
+    assert fourth.spark_jobs == 0 and fourth.data_commits == 0
+    assert fourth.segments == [(sid, size, 0, 0) for sid, size, _, _ in third.segments]
 
 
 def test_segment_without_as_of_uses_the_features_as_of(spark, gold_lakehouse):
@@ -101,6 +105,16 @@ def _bad_rules(tmp_path, name, text):
         ("id: bad\nname: Bad\nwhere: {field: cart_abandoned_at, within: soon}\n", "bad duration 'soon'"),
         ("id: bad\nname: Bad\nsql: \"agee > 3\"\n", "segment 'bad': sql: "),
         ("id: bad\nname: Bad\nsql: \"age + 3\"\n", "segment 'bad': sql: expected a boolean, got int"),
+        ("id: bad\nname: Bad\nsql: \"age > 3\"\nsync: {max_remove_share: 2}\n",
+         "segment 'bad': sync: max_remove_share: expected a number from 0 to 1, got 2"),
+        ("id: bad\nname: Bad\nsql: \"reflect('java.lang.System', 'getenv', 'KLAVIYO_API_KEY') IS NOT NULL\"\n",
+         "segment 'bad': sql: function reflect is not allowed in rules"),
+        ("id: bad\nname: Bad\nsql: \"java_method('java.lang.System', 'getenv', 'HOME') = 'x'\"\n",
+         "segment 'bad': sql: function java_method is not allowed in rules"),
+        ("id: bad\nname: Bad\nsql: \"EXISTS (SELECT * FROM text.`/etc/passwd`)\"\n",
+         "segment 'bad': sql: a subquery is not allowed: a rule reads only the columns of its own table"),
+        ("id: bad\nname: Bad\nsql: \"customer_id IN (SELECT customer_id FROM delta.`/tmp/x/silver/customers`)\"\n",
+         "segment 'bad': sql: a subquery is not allowed"),
     ],
 )
 def test_a_bad_rule_file_fails_fast_with_file_segment_and_field(spark, settings, tmp_path, text, message):
@@ -113,6 +127,19 @@ def test_a_bad_rule_file_fails_fast_with_file_segment_and_field(spark, settings,
     segment_run = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}",
                                            "--set", f"rules_dir={rules}", "segment", "--as-of", "2026-11-20"])
     assert segment_run.exit_code == 2 and message in segment_run.output
+
+
+def test_an_expectation_may_not_call_outside_the_allowed_functions(spark, settings, tmp_path):
+    rules = _bad_rules(tmp_path, "fine", "id: fine\nname: Fine\nsql: \"age > 3\"\n")
+    (rules / "quality.yaml").write_text(
+        "silver.events:\n  - name: sneaky\n    expect: \"length(java_method('java.lang.System', 'getenv', "
+        "'PATH')) > 0\"\n    action: warn\n")
+    result = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}",
+                                      "--set", f"rules_dir={rules}", "rules", "validate"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {rules / 'quality.yaml'}: silver.events: sneaky: function java_method "
+                                     "is not allowed in rules (allowed: the text, number, time, array and null "
+                                     "functions listed in jobs/rules/sql.py)")
 
 
 def test_shipped_rules_validate(spark, settings):

@@ -76,3 +76,21 @@ def test_an_unreadable_secret_is_a_config_error_exit_2_without_a_traceback(tmp_p
     assert result.exit_code == 2
     assert "secrets.aws_secret_id: cannot read secret 'gone' (ResourceNotFoundException)" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_key_pasted_with_its_line_break_works_and_a_control_character_inside_is_named_not_shown(monkeypatch):
+    from jobs.runtime.errors import ConfigError
+    from jobs.runtime.pii import mask
+    from jobs.runtime.secrets import SecretSource
+
+    monkeypatch.setenv("TEST_PASTED_KEY", "pk_live_pasted_0a1b2c\n")
+    assert SecretSource().get("destinations.klaviyo.api_key_env", "TEST_PASTED_KEY") == "pk_live_pasted_0a1b2c"
+    # from now on no error text carries it, however it got there (a vendor echo, a library's message)
+    assert mask("ValueError: Invalid header value b'Klaviyo-API-Key pk_live_pasted_0a1b2c\\n'") == (
+        "ValueError: Invalid header value b'Klaviyo-API-Key ***\\n'")
+
+    monkeypatch.setenv("TEST_BROKEN_KEY", "pk_live\rbroken_9z8y")
+    with pytest.raises(ConfigError) as raised:
+        SecretSource().get("destinations.klaviyo.api_key_env", "TEST_BROKEN_KEY")
+    assert str(raised.value).startswith("destinations.klaviyo.api_key_env: TEST_BROKEN_KEY holds a control character")
+    assert "broken_9z8y" not in str(raised.value)

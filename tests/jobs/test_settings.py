@@ -120,3 +120,18 @@ def test_source_lookup_checks_the_kind():
 def test_shipped_environments_all_load():
     for path in sorted((REPO / "conf").glob("*.yaml")):
         assert load_settings(conf_path=path).config_file == str(path)
+
+
+def test_local_python_workers_run_the_interpreter_the_command_runs(monkeypatch):
+    import sys
+
+    from jobs.runtime.spark import session_confs
+
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    local = load_settings("local").spark
+    assert session_confs(local)["spark.pyspark.python"] == sys.executable  # not whatever python3 PATH finds first
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/python/bin/python3")  # configured: left to Spark
+    assert "spark.pyspark.python" not in session_confs(local)
+    cluster = local.model_copy(update={"master": "spark://head:7077"})
+    monkeypatch.delenv("PYSPARK_PYTHON")
+    assert "spark.pyspark.python" not in session_confs(cluster)

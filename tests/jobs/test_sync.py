@@ -1,4 +1,5 @@
 import json
+import shutil
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from jobs.runtime.settings import SyncSettings
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, read_table
 from jobs.stages.segment import run_segments
 from jobs.stages.sync import LargeChange, sync
+from tests.conftest import REPO
 from tests.jobs.conftest import T0
 
 
@@ -113,13 +115,21 @@ def test_refused_rows_are_recorded_and_sent_again_next_time(spark, lakehouse, mo
     assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
 
 
-def test_a_large_removal_stops_before_sending_unless_allowed(spark, lakehouse):
-    sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    run_segments(spark, lakehouse, T0 + timedelta(days=3))  # every cart is now too old
+def test_a_large_removal_stops_before_sending_unless_allowed_or_the_segment_turns_over_by_design(
+        spark, lakehouse, tmp_path):
+    shipped = REPO / "rules" / "segments" / "abandoned_cart_24h.yaml"
+    assert "max_remove_share: 1.0" in shipped.read_text()  # a 24-hour window: the shipped rule allows it
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "segments" / "abandoned_cart_24h.yaml").write_text(shipped.read_text().split("\n# A 24-hour")[0])
+    guarded = lakehouse.model_copy(update={"rules_dir": str(rules)})  # no limit of its own: the config's 50 %
+
+    sync(spark, guarded, "file", ("abandoned_cart_24h",))
+    run_segments(spark, guarded, T0 + timedelta(days=3))  # every cart is now too old
     with pytest.raises(LargeChange, match=r"remove 5 of 5 synced members of abandoned_cart_24h \(100% > 50%\)"):
-        sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    assert _delivered(spark, lakehouse) == ["C1", "C2", "C3", "C4", "C5"]
-    sync(spark, lakehouse, "file", ("abandoned_cart_24h",), allow_large_change=True)
+        sync(spark, guarded, "file", ("abandoned_cart_24h",))
+    assert _delivered(spark, guarded) == ["C1", "C2", "C3", "C4", "C5"]
+    sync(spark, lakehouse, "file", ("abandoned_cart_24h",))  # the shipped rule's own limit: 100 %
     assert _delivered(spark, lakehouse) == []
 
 

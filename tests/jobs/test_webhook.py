@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from jobs.cli import cli
 from jobs.destinations.http import DeliveryFailed, post
 from jobs.runtime.settings import DestinationsSettings, RetrySettings, WebhookDestination
-from jobs.runtime.tables import read_or_empty, read_table
+from jobs.runtime.tables import overwrite, read_or_empty, read_table, table_path
 from jobs.stages.sync import sync
 from tests.conftest import REPO
 
@@ -182,3 +182,54 @@ def test_the_http_client_retries_transient_failures_but_not_other_4xx(receiver):
     assert state.requests == 3 and len(waits) == 2 and waits[0] == 0.0  # the 429 said Retry-After: 0
     answer = post(url, b"{}", {"X-Signature-SHA256": "forged"}, retry, sleep=waits.append)
     assert (answer.status, answer.attempts, state.requests, state.bad_signatures) == (401, 1, 4, 1)
+
+
+def test_the_same_change_made_again_later_gets_a_new_key(spark, lakehouse, receiver, monkeypatch):
+    """add -> remove -> add -> remove, one-row batches, to a receiver that ignores repeated keys."""
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    state, url = receiver()
+    settings = _with_webhook(lakehouse, url)
+    root = settings.lakehouse.root
+    members = spark.read.format("delta").load(table_path(root, "gold.segment_membership")).localCheckpoint()
+    without_c1 = members.where(~((F.col("segment_id") == "abandoned_cart_24h") & (F.col("customer_id") == "C1")))
+    seen = []
+    for membership in (members, without_c1, members, without_c1):
+        overwrite(membership, root, "gold.segment_membership")
+        sync(spark, settings, "webhook", ("abandoned_cart_24h",))
+        seen.append("C1" in state.members["abandoned_cart_24h"])
+    assert seen == [True, False, True, False]
+    assert state.replays == 0
+
+
+def test_refused_credentials_stop_the_sync_with_one_line_and_exit_1(spark, lakehouse, receiver, monkeypatch,
+                                                                   tmp_path):
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", "not-the-receiver-s-secret")  # every signature fails: 401
+    state, url = receiver()
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"lakehouse: {{root: {lakehouse.lakehouse.root}}}\nlanding: {{root: {tmp_path}}}\n"
+        f"destinations:\n  webhook: {{url: '{url}', secret_env: TEST_WEBHOOK_SECRET}}\n")
+    (tmp_path / "sources").symlink_to(REPO / "conf" / "sources")
+    result = CliRunner().invoke(cli, ["--conf", str(conf), "sync", "webhook", "--segment", "abandoned_cart_24h"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        "error: destination webhook: credentials refused (HTTP 401)")
+    assert state.requests == 1  # the first refusal stops it
+    ledger = read_or_empty(spark, lakehouse.lakehouse.root, "ops.sync_ledger").where(F.col("destination") == "webhook")
+    assert ledger.count() == 0  # nothing recorded: the next run sends everything
+
+
+def test_a_new_target_is_refused_until_a_full_refresh_fills_it(spark, lakehouse, receiver, monkeypatch):
+    from jobs.stages.sync import TargetChanged
+
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    (old, old_url), (new, new_url) = receiver(), receiver()
+    sync(spark, _with_webhook(lakehouse, old_url, batch_size=50), "webhook", ("abandoned_cart_24h",))
+    moved = _with_webhook(lakehouse, new_url, batch_size=50)
+    with pytest.raises(TargetChanged, match=r"sends abandoned_cart_24h somewhere else than its 5 synced members went"
+                                            r".*lakehouse sync webhook --full-refresh"):
+        sync(spark, moved, "webhook", ("abandoned_cart_24h",))
+    assert new.requests == 0
+    sync(spark, moved, "webhook", ("abandoned_cart_24h",), full_refresh=True)
+    assert new.members == old.members == {"abandoned_cart_24h": {"C1", "C2", "C3", "C4", "C5"}}
+    sync(spark, moved, "webhook", ("abandoned_cart_24h",))  # the new target is now the recorded one

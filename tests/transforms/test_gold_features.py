@@ -116,3 +116,11 @@ def test_rfm_scores_are_quintiles_among_purchasers(spark):
         "C1": (1, 1, 1, "hibernating"), "C2": (2, 2, 2, "hibernating"), "C3": (3, 3, 3, "promising"),
         "C4": (4, 4, 4, "champions"), "C5": (5, 5, 5, "champions"), "C6": (None, None, None, None),
     }
+
+
+def test_purchases_without_an_order_id_count_as_orders_of_their_own(spark):
+    df = events(spark, ("C1", "purchase", t("2026-11-19 10:00:00"), "s1", "P1", "kids.toys", 10, 1, None),
+                ("C1", "purchase", t("2026-11-19 11:00:00"), "s2", "P2", "kids.toys", 30, 1, None))
+    c1 = features(spark, df, customers(spark))["C1"]
+    assert (c1["purchases_lifetime"], c1["revenue_lifetime"], c1["avg_order_value"]) == (
+        2, Decimal("40.00"), Decimal("20.00"))

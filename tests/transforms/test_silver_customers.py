@@ -1,4 +1,4 @@
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 from chispa import assert_df_equality
@@ -86,6 +86,24 @@ def test_newest_updated_at_wins_whatever_the_landing_order(spark):
                     rec("C2", "2026-11-05T00:00:00Z", city="Austin")))
     got = {r["customer_id"]: r["city"] for r in latest_per_customer(df).collect()}
     assert got == {"C1": "Boston", "C2": "Austin"}
+
+
+def test_an_updated_at_beyond_the_clock_skew_is_rejected_so_later_updates_still_win(spark):
+    latest = datetime(2026, 11, 20, 12, 10, tzinfo=UTC)  # now + 10 minutes of skew
+    df = crm(spark, rec("C1", "2099-01-01T00:00:00Z", email_consent="yes"),
+             rec("C1", "2026-11-20T12:05:00Z", email_consent="no"),  # within the skew: fine
+             rec("C2", "2026-11-20T12:11:00Z"))
+    rows = df.transform(parse_customers(LOCATIONS.cities, LOCATIONS.countries, TODAY, latest=latest)).collect()
+    assert [r["_reasons"] for r in rows] == [["future_updated_at"], [], ["future_updated_at"]]
+
+
+def test_a_tie_on_updated_at_keeps_the_first_landed_in_current_and_history_alike(spark):
+    df = parsed(crm(spark, rec("C1", "2026-11-10T00:00:00Z", city="Boston"),
+                    rec("C1", "2026-11-10T00:00:00Z", city="Austin")))  # landed second, same time
+    current = latest_per_customer(df).first()["city"]
+    empty = spark.createDataFrame([], CUSTOMERS_HISTORY_SCHEMA)
+    [version] = rebuild_history(empty, df).collect()
+    assert current == version["city"] == "Boston"
 
 
 def test_history_places_a_late_record_between_existing_versions(spark):

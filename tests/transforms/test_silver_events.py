@@ -272,3 +272,15 @@ def test_the_whole_chain_judges_each_row_once(spark):
         ("nour", "rejected", ["has_url"]),
     ], "event_id string, _outcome string, _reasons array<string>")
     assert_df_equality(df, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_web_purchase_without_an_order_id_is_kept_and_counted_by_the_shipped_rules(spark):
+    from jobs.rules import load_quality_rules
+    from tests.conftest import REPO
+
+    shipped = [(e.name, e.expect, e.action) for e in load_quality_rules(REPO / "rules").for_table("silver.events")]
+    df = bronze(spark, ev("p1", event_type="purchase", properties={"price": "20"}), ev("v1")).transform(
+        prepared).transform(mark_duplicates(None)).transform(validate_events(NOW, 10)).transform(
+        apply_expectations(shipped)).transform(with_outcome)
+    got = {r["event_id"]: (r["_outcome"], r["_dq_failed"]) for r in df.collect()}
+    assert got == {"p1": ("silver", ["purchase_has_order_id"]), "v1": ("silver", [])}
