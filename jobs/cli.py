@@ -151,6 +151,14 @@ def _ingest(runtime: Runtime, kind: str, source: str | None) -> None:
         [[s["source"], s["table"], s["files"], s["rows"], s["corrupt"], s["batches"], s["version"], result.run_id]
          for s in result.details.get("sources", [])],
     ))
+    _warn(result)
+
+
+def _warn(*results: Any) -> None:
+    """One ``warning:`` line on stderr per thing a stage set aside without failing (exit stays 0)."""
+    for result in results:
+        for line in result.details.get("warnings", []):
+            click.echo(f"warning: {line}", err=True)
 
 
 @ingest.command("events")
@@ -388,6 +396,7 @@ def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], allo
     click.echo("")
     segment_stage = next(s for s in stages if s.stage == "segment")
     click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in segment_stage.segments]))
+    _warn(*stages)
 
 
 # -- sync --------------------------------------------------------------------------------------

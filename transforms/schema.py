@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pyspark.sql import Column
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 STRING_MAP = T.MapType(T.StringType(), T.StringType())
@@ -28,3 +30,21 @@ def strings(names: Iterable[str]) -> list[T.StructField]:
 
 def names(schema: T.StructType) -> tuple[str, ...]:
     return tuple(schema.fieldNames())
+
+
+# -- identifiers ------------------------------------------------------------------------------
+_EDGE_SPACE = r"(?U)^\s+|\s+$"
+
+
+def normalized_id(column: Column) -> Column:
+    """A customer or anonymous id as every stage compares it: without surrounding whitespace
+    (Unicode's, as Python's ``str.strip``), blank as null. Cleanse, the erased-id filter at
+    ingest and erasure all use this one function."""
+    stripped = F.regexp_replace(column, _EDGE_SPACE, "")
+    return F.when(stripped != "", stripped)
+
+
+def normalized_id_text(value: str | None) -> str | None:
+    """:func:`normalized_id` for a value in Python."""
+    stripped = (value or "").strip()
+    return stripped or None

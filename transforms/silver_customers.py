@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from transforms.bronze import BRONZE_CRM_SCHEMA
-from transforms.schema import BOOL, DATE, INT, LONG, STR, STRINGS, TS, fields
+from transforms.schema import BOOL, DATE, INT, LONG, STR, STRINGS, TS, fields, normalized_id
 from transforms.silver_events import LANDING_ORDER, PROVENANCE, parse_timestamp
 
 Transform = Callable[[DataFrame], DataFrame]
@@ -75,7 +75,7 @@ def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], tod
         updated_at = parse_timestamp(F.col("updated_at"))
         checks = [
             (F.col("_corrupt_record").isNotNull(), "corrupt_record"),
-            (_clean(F.col("customer_id")).isNull(), "missing_customer_id"),
+            (normalized_id(F.col("customer_id")).isNull(), "missing_customer_id"),
             (updated_at.isNull(), "invalid_updated_at"),
             (updated_at > F.lit(latest) if latest is not None else F.lit(False), "future_updated_at"),
             (_clean(F.col("birth_date")).isNotNull() & birth_date.isNull(), "invalid_birth_date"),
@@ -84,7 +84,7 @@ def parse_customers(cities: Mapping[str, str], countries: Mapping[str, str], tod
         content = F.to_json(F.struct(*CONTENT_FIELDS))
         return df.select(
             F.struct(*RAW_CRM_FIELDS).alias("_raw"),
-            _clean(F.col("customer_id")).alias("customer_id"),
+            normalized_id(F.col("customer_id")).alias("customer_id"),
             F.lower(_clean(F.col("email"))).alias("email"),
             _clean(F.col("first_name")).alias("first_name"),
             _clean(F.col("last_name")).alias("last_name"),

@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from transforms.bronze import BRONZE_EVENTS_SCHEMA
-from transforms.schema import DATE, INT, LONG, MONEY, STR, STRING_MAP, STRINGS, TS, fields
+from transforms.schema import DATE, INT, LONG, MONEY, STR, STRING_MAP, STRINGS, TS, fields, normalized_id
 
 Transform = Callable[[DataFrame], DataFrame]
 PRICE = MONEY
@@ -127,8 +127,8 @@ def parse_events(event_types: Mapping[str, str], keep_raw: bool = True) -> Trans
             *raw,
             _blank_to_null(F.col("event_id")).alias("_sent_id"),
             content_hash(F.struct(*RAW_EVENT_FIELDS)).alias("_content_hash"),
-            _blank_to_null(F.col("customer_id")).alias("customer_id"),
-            _blank_to_null(F.col("anonymous_id")).alias("anonymous_id"),
+            normalized_id(F.col("customer_id")).alias("customer_id"),
+            normalized_id(F.col("anonymous_id")).alias("anonymous_id"),
             _blank_to_null(F.col("session_id")).alias("session_id"),
             _lookup(event_types, name_key(F.col("event_type"))).alias("event_type"),
             event_ts.alias("event_ts"),
@@ -403,8 +403,8 @@ def rejected_as_parsed(event_types: Mapping[str, str]) -> Transform:
     def transform(rejected: DataFrame) -> DataFrame:
         return rejected.select(
             "event_id",
-            _blank_to_null(F.col("customer_id")).alias("customer_id"),
-            _blank_to_null(F.col("anonymous_id")).alias("anonymous_id"),
+            normalized_id(F.col("customer_id")).alias("customer_id"),
+            normalized_id(F.col("anonymous_id")).alias("anonymous_id"),
             _blank_to_null(F.col("session_id")).alias("session_id"),
             _lookup(event_types, name_key(F.col("event_type"))).alias("event_type"),
             F.upper(_blank_to_null(F.col("product_id"))).alias("product_id"),

@@ -3,7 +3,13 @@
 Layout under the configured folder::
 
     {run_id}/{segment_id}/batch-00001-{key12}.jsonl   one change per line
-    {run_id}/manifest.json                             written last: batches and counts
+    {run_id}/manifest.json                             the run's batches so far ("status":
+                                                       "incomplete"), rewritten after each batch;
+                                                       last, "complete" with the counts
+
+so a run killed mid-way leaves every batch it wrote listed in its folder's manifest. A batch
+written but not yet acknowledged is sent again by the next run, with the same idempotency key
+(``batch_key`` in the manifest): a reader applies a key once.
 
 A batch file is written whole (to a temporary name, then renamed), and its content is a
 function of its rows, so writing the same batch again yields the same file. The ``s3``
@@ -38,11 +44,19 @@ class ExportDestination:
 
     name = "export"
 
+    def __init__(self) -> None:
+        self._batches: dict[str, list[dict[str, Any]]] = {}  # run id -> batches written, in order
+
     def _write(self, relative: str, text: str) -> None:
         raise NotImplementedError
 
     def send(self, run_id: str, segment_id: str, batch_no: int, key: str, rows: list[dict[str, Any]]) -> BatchResult:
-        self._write(batch_name(run_id, segment_id, batch_no, key), batch_lines(rows))
+        name = batch_name(run_id, segment_id, batch_no, key)
+        self._write(name, batch_lines(rows))
+        written = self._batches.setdefault(run_id, [])
+        written.append({"file": name.split("/", 1)[1], "segment_id": segment_id, "batch_key": key, "rows": len(rows)})
+        self._write(f"{run_id}/manifest.json", manifest_text({"run_id": run_id, "status": "incomplete",
+                                                              "batches": written}))
         return BatchResult()
 
     def prepare(self, segment_ids: list[str]) -> None:
@@ -54,7 +68,8 @@ class ExportDestination:
         return None
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
-        self._write(f"{run_id}/manifest.json", manifest_text(summary))
+        batches = self._batches.get(run_id, [])
+        self._write(f"{run_id}/manifest.json", manifest_text({**summary, "status": "complete", "batches": batches}))
 
 
 class FileDestination(ExportDestination):
@@ -63,6 +78,7 @@ class FileDestination(ExportDestination):
     def __init__(self, folder: str):
         if "://" in folder:
             raise ConfigError(f"destinations.file.path must be a local folder, got {folder} (use the s3 destination)")
+        super().__init__()
         self.folder = Path(folder)
 
     def _write(self, relative: str, text: str) -> None:

@@ -16,6 +16,7 @@ class S3Destination(ExportDestination):
     def __init__(self, settings: S3Settings):
         import boto3
 
+        super().__init__()
         self.bucket = settings.bucket
         self.prefix = settings.prefix.strip("/")
         self.client = boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region)

@@ -66,8 +66,8 @@ def list_files(spark: SparkSession, root: str, suffixes: tuple[str, ...]) -> lis
     return sorted(found, key=lambda f: f.path)
 
 
-def read_first_line(spark: SparkSession, path: str) -> str:
-    """The first line of a (possibly compressed) text file, without a byte-order mark."""
+def read_first_line(spark: SparkSession, path: str, encoding: str = "UTF-8") -> str:
+    """The first line of a (possibly compressed) text file in ``encoding``, without a byte-order mark."""
     jvm = spark.sparkContext._jvm
     fs, hadoop_path = _hadoop_path(spark, path)
     stream = fs.open(hadoop_path)
@@ -77,7 +77,7 @@ def read_first_line(spark: SparkSession, path: str) -> str:
         ).getCodec(hadoop_path)
         if codec is not None:
             stream = codec.createInputStream(stream)
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, encoding))
         line = reader.readLine()
     finally:
         stream.close()

@@ -10,6 +10,7 @@ variable holding it (keys ending in ``_env``).
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -262,6 +263,8 @@ class SourceSettings(Frozen):
     path: str | None = Field(default=None, description="Folder under landing.root (or a URI).")
     description: str = ""
     options: dict[str, str] = Field(default_factory=dict, description="CSV reader options.")
+    encoding: str = Field(default="UTF-8", description="Character set of a CSV source's files, header included "
+                          "(JSON lines are UTF-8).")
     columns: dict[str, str] = Field(
         default_factory=dict, description="bronze column -> source field; unnamed ones map 1:1."
     )
@@ -271,6 +274,17 @@ class SourceSettings(Frozen):
     properties_field: str | None = Field(
         default="properties", description="Source field holding a nested object of properties."
     )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str, info: Any) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown character set {encoding!r} (e.g. UTF-8, ISO-8859-1, windows-1252)") from None
+        if info.data.get("format") == "json" and codecs.lookup(encoding).name != "utf-8":
+            raise ValueError("JSON lines are read as UTF-8; encoding applies to csv sources")
+        return encoding
 
     @field_validator("columns")
     @classmethod

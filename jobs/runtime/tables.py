@@ -60,6 +60,9 @@ JOB_RUNS_SCHEMA = T.StructType([
         ("sync", T.ArrayType(SEGMENT_SYNC)),
     ),
 ])
+QUARANTINED_FILES_SCHEMA = T.StructType(fields(
+    ("source", STR), ("path", STR), ("reason", STR), ("batch_id", LONG), ("run_id", STR), ("quarantined_at", TS),
+))
 ERASURE_LOG_SCHEMA = T.StructType(fields(
     ("erasure_id", STR), ("id_hash", STR), ("linked_hashes", STRINGS), ("status", STR),
     ("tables", T.MapType(STR, LONG)), ("platforms", T.MapType(STR, STR)), ("recorded_at", TS),
@@ -156,6 +159,9 @@ REGISTRY: dict[str, TableSpec] = {
         TableSpec("ops", "job_runs", JOB_RUNS_SCHEMA,
                   "One row per stage run and one per command: rows, seconds, Spark jobs, commits, "
                   "data-quality results, segment and sync summaries. One commit per command."),
+        TableSpec("ops", "quarantined_files", QUARANTINED_FILES_SCHEMA,
+                  "Landing files that could not be read (vanished, truncated, undecodable), with the reason; "
+                  "the rest of their micro-batch landed. Copy a repaired file under a new name to land it."),
         TableSpec("ops", "erasure_log", ERASURE_LOG_SCHEMA,
                   "Right-to-be-forgotten requests: salted hashes of the erased ids (never the ids), tables and "
                   "rows deleted, platform answers; also the filter that keeps erased ids out at ingest."),

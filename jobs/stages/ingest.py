@@ -7,11 +7,17 @@ same name adds nothing. A micro-batch reads its files with the source's mapping 
 CSV grouped by header) and appends them to bronze in one commit carrying the batch's transaction
 id. Which file landed in which bronze version stays answerable: :func:`landed_files` reads the
 checkpoint's record of files per batch and the bronze commits of each batch.
+
+A file that cannot be read (it vanished after listing, a truncated ``.gz``, bytes that do not
+decode) would fail its micro-batch on every retry and wedge the source. When a batch's read
+fails, each of its files is tried alone; the unreadable ones go to ``ops.quarantined_files`` with
+the reason, the rest land, and the stage reports a warning (exit 0).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,10 +30,11 @@ from jobs.runtime.errors import InputError
 from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings, SourceSettings
 from jobs.runtime.streams import Batch, checkpoint_path, process_new
-from jobs.runtime.tables import append, current_version, ensure_table, spec, table_path
+from jobs.runtime.tables import append, current_version, ensure_table, read_or_empty, spec, table_path
 from transforms.bronze import conform_to, map_csv_records, parse_json_records, with_landing_metadata
 
 BRONZE_TABLES = {"events": "bronze.events", "crm": "bronze.crm"}
+QUARANTINE = "ops.quarantined_files"
 SUFFIXES = {
     "json": (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
     "csv": (".csv", ".csv.gz", ".tsv", ".txt"),
@@ -51,10 +58,20 @@ def _new_files(spark: SparkSession, settings: Settings, source: SourceSettings) 
     )
 
 
+_GLOB_CHARACTERS = re.compile(r"([\\\[\]{}*?])")
+
+
+def literal_path(path: str) -> str:
+    """``path`` as Spark's readers take it literally: a file named ``x[1].json`` or ``all*.csv``
+    is not a glob pattern."""
+    return _GLOB_CHARACTERS.sub(r"\\\1", path)
+
+
 def _read_json(spark: SparkSession, source: SourceSettings, files: list[str]) -> DataFrame:
     lines = (
-        spark.read.text(files)
-        .select("value", F.col("_metadata.file_path").alias("_source_file"))
+        spark.read.text([literal_path(p) for p in files])
+        .select(F.regexp_replace("value", "^\ufeff", "").alias("value"),  # a byte-order mark on line one
+                F.col("_metadata.file_path").alias("_source_file"))
         .where(F.trim("value") != "")
     )
     return lines.transform(parse_json_records(source.mapping()))
@@ -77,11 +94,14 @@ def _csv_header(line: str, delimiter: str) -> list[str]:
 
 
 def _read_csv(spark: SparkSession, source: SourceSettings, files: list[str]) -> DataFrame:
-    """CSV files grouped by header line, so exports whose columns differ or move still map."""
+    """CSV files grouped by header line, so exports whose columns differ or move still map. RFC 4180
+    by default (quoted fields may hold line breaks, ``""`` is a quote) in the source's ``encoding``,
+    the header included; the source's ``options`` override any reader option."""
     delimiter = source.options.get("delimiter", source.options.get("sep", ","))
+    options = {"escape": '"', "multiLine": "true", "encoding": source.encoding, **source.options}
     by_header: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for path in files:
-        header = _csv_header(fs.read_first_line(spark, path), delimiter)
+        header = _csv_header(fs.read_first_line(spark, path, options["encoding"]), delimiter)
         by_header[tuple(_unique(header))].append(path)
     frames = []
     for header, paths in by_header.items():
@@ -90,13 +110,13 @@ def _read_csv(spark: SparkSession, source: SourceSettings, files: list[str]) -> 
             + [T.StructField("_corrupt_record", T.StringType())]
         )
         raw = (
-            spark.read.options(**source.options)
+            spark.read.options(**options)
             .option("header", "true")
             .option("enforceSchema", "true")
             .option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", "_corrupt_record")
             .schema(schema)
-            .csv(paths)
+            .csv([literal_path(p) for p in paths])
             .withColumn("_source_file", F.col("_metadata.file_path"))
         )
         frames.append(raw.transform(map_csv_records(source.mapping(), list(header))))
@@ -120,21 +140,32 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
     read = _read_json if source.format == "json" else _read_csv
     totals = {"files": 0, "rows": 0, "corrupt": 0, "batches": 0}
 
-    def land(batch: Batch) -> None:
-        paths = [r["path"] for r in batch.df.collect()]  # one row per file: metadata, never data
-        files = [p for p in paths if p.lower().endswith(SUFFIXES[source.format])]
-        if not files:
-            return
+    def write(batch: Batch, files: list[str]) -> dict[str, int]:
         rows = (
             read(spark, source, files)
             .transform(without_erased(erased, source.kind))
             .transform(with_landing_metadata(source.name, stage.run_id, utc_now()))
             .transform(conform_to(spec(key).schema))
         )
-        written = append(rows, root, key, txn=batch.txn(key),
-                         metadata={"run_id": stage.run_id, "source": source.name, "batch_id": batch.batch_id,
-                                   "files": len(files)},
-                         metrics={"corrupt": F.count("_corrupt_record")})
+        return append(rows, root, key, txn=batch.txn(key),
+                      metadata={"run_id": stage.run_id, "source": source.name, "batch_id": batch.batch_id,
+                                "files": len(files)},
+                      metrics={"corrupt": F.count("_corrupt_record")})
+
+    def land(batch: Batch) -> None:
+        paths = [r["path"] for r in batch.df.collect()]  # one row per file: metadata, never data
+        files = [p for p in paths if p.lower().endswith(SUFFIXES[source.format])]
+        if not files:
+            return
+        try:
+            written = write(batch, files)
+        except Exception:
+            unreadable = _unreadable(spark, source, files)
+            if not unreadable:
+                raise  # not a file's fault
+            _quarantine(spark, root, source, batch, stage, unreadable)
+            files = [p for p in files if p not in unreadable]
+            written = write(batch, files) if files else {"rows": 0, "corrupt": 0}
         totals["files"] += len(files)
         totals["rows"] += written["rows"]
         totals["corrupt"] += written["corrupt"]
@@ -148,6 +179,43 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
         stage.metrics[f"{source.name}.{name}"] = value
     stage.details.setdefault("sources", []).append(
         {"source": source.name, "table": key, **totals, "version": stage.versions[key]})
+
+
+def _unreadable(spark: SparkSession, source: SourceSettings, files: list[str]) -> dict[str, str]:
+    """Of a batch whose read failed: each file that cannot be read alone, with the reason."""
+    found = {}
+    for path in files:
+        try:
+            if source.format == "csv":
+                fs.read_first_line(spark, path, source.encoding)
+            spark.read.text(literal_path(path)).count()
+        except Exception as exc:  # noqa: BLE001 - Py4JJavaError or a Spark error: the reason is in its text
+            found[path] = _reason(str(exc))
+    return found
+
+
+def _reason(text: str) -> str:
+    if "FileNotFound" in text or "does not exist" in text:
+        return "vanished: the file was listed but is gone"
+    if any(word in text for word in ("EOFException", "end of input stream", "ZipException", "Not in GZIP format",
+                                     "CRC", "incorrect header check")):
+        return "truncated or corrupt compressed file"
+    if any(word in text for word in ("MalformedInput", "CharacterCoding", "Unmappable")):
+        return "bytes that do not decode in the source's encoding"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "unreadable")
+    return f"unreadable: {first[:200]}"
+
+
+def _quarantine(spark: SparkSession, root: str, source: SourceSettings, batch: Batch, stage: StageResult,
+                unreadable: dict[str, str]) -> None:
+    now = utc_now()
+    append(spark.createDataFrame(
+        [(source.name, path, reason, batch.batch_id, stage.run_id, now) for path, reason in sorted(unreadable.items())],
+        spec(QUARANTINE).schema), root, QUARANTINE, txn=batch.txn(QUARANTINE))
+    stage.details.setdefault("warnings", []).extend(
+        f"quarantined {path} of source {source.name} ({reason}); the rest of its batch landed"
+        for path, reason in sorted(unreadable.items()))
+    stage.metrics[f"{source.name}.quarantined"] = stage.metrics.get(f"{source.name}.quarantined", 0) + len(unreadable)
 
 
 def _missing(settings: Settings, source: SourceSettings) -> InputError:
@@ -197,6 +265,10 @@ def landed_files(spark: SparkSession, settings: Settings, source: SourceSettings
             path = entry["path"]
             if path.lower().endswith(SUFFIXES[source.format]):  # others were seen and passed over
                 batch_of[path.replace("file:///", "file:/", 1)] = int(entry["batchId"])
+    quarantined = {r["path"].replace("file:///", "file:/", 1) for r in read_or_empty(
+        spark, settings.lakehouse.root, QUARANTINE).where(F.col("source") == source.name).select("path").collect()}
+    for path in quarantined:  # not landed: see ops.quarantined_files
+        batch_of.pop(path, None)
     key = BRONZE_TABLES[source.kind]
     version_of: dict[int, int] = {}
     path = table_path(settings.lakehouse.root, key)

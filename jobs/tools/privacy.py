@@ -43,6 +43,7 @@ from jobs.runtime.runlog import job_run, utc_now
 from jobs.runtime.secrets import SecretSource
 from jobs.runtime.settings import Settings
 from jobs.runtime.tables import append_rows, holds_rows, is_delta_table, merge, read_or_empty, table_path
+from transforms.schema import normalized_id, normalized_id_text
 
 ERASURE_LOG = "ops.erasure_log"
 EVENT_TABLES = ("bronze.events", "silver.events", "silver.rejected_events")
@@ -84,8 +85,8 @@ def erased_filter(spark: SparkSession, settings: Settings) -> tuple[str, DataFra
 
 def without_erased(erased: tuple[str, DataFrame] | None, kind: str) -> Callable[[DataFrame], DataFrame]:
     """A transform dropping landed rows (``kind`` events or crm) of erased identifiers."""
-    columns = [F.col("customer_id"), F.col("anonymous_id")] if kind == "events" else [
-        F.col("customer_id"), F.lower(F.trim(F.col("email")))]
+    columns = [normalized_id(F.col("customer_id")), normalized_id(F.col("anonymous_id"))] if kind == "events" else [
+        normalized_id(F.col("customer_id")), F.lower(F.trim(F.col("email")))]
 
     def transform(frame: DataFrame) -> DataFrame:
         if erased is None:
@@ -114,14 +115,17 @@ def _matches(key: str, ids: list[str], anonymous: list[str],
              emails: list[str]) -> list[tuple[Callable[[Column], Column], list[str]]]:
     """(condition on target ``t`` and source value, values) pairs: a row matching any is theirs."""
     def equal(column: str) -> Callable[[Column], Column]:
-        return lambda value: F.col(f"t.{column}") == value
+        return lambda value: normalized_id(F.col(f"t.{column}")) == value
+
+    def in_raw_text(value: Column) -> Column:  # a whole token: erasing C1 leaves C10's records alone
+        pattern = F.concat(F.lit(r"(?<![\w.@+-])\Q"), value, F.lit(r"\E(?![\w.@-])"))
+        return F.col("t._corrupt_record").isNotNull() & F.regexp_like(F.col("t._corrupt_record"), pattern)
 
     by_id = [(equal("customer_id"), ids)]
     if key in EVENT_TABLES:
         matches = [*by_id, (equal("anonymous_id"), anonymous)]
-        if key != "silver.events":  # raw text of records that could not be parsed
-            matches.append((lambda value: F.col("t._corrupt_record").isNotNull()
-                            & F.col("t._corrupt_record").contains(value), ids))
+        if key != "silver.events":  # raw text of records that could not be parsed: any identifier
+            matches.append((in_raw_text, [*ids, *anonymous, *emails]))
         return matches
     if key in CRM_TABLES:
         return [*by_id, (lambda value: F.lower(F.trim(F.col("t.email"))) == value, emails)]
@@ -179,7 +183,7 @@ def _purge(spark: SparkSession, path: str, retention_hours: float, always: bool 
 
 def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
           platforms: tuple[str, ...] = ()) -> ErasureResult:
-    ids = sorted({c.strip() for c in customer_ids if c and c.strip()})
+    ids = sorted({i for i in (normalized_id_text(c) for c in customer_ids) if i})
     if not ids:
         raise InputError("no customer ids to erase")
     root = settings.lakehouse.root

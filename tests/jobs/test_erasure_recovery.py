@@ -1,5 +1,7 @@
-"""An erasure interrupted after its deletes is finished by the next one: no version that time
-travel can read holds the customer, and the log shows the first erasure completed."""
+"""Erasure edge cases: one interrupted after its deletes is finished by the next one; ids are
+compared as every stage normalizes them; raw text is matched by whole tokens."""
+
+from datetime import datetime
 
 import pytest
 from delta.tables import DeltaTable
@@ -53,3 +55,30 @@ def test_an_id_file_saved_with_a_byte_order_mark_and_crlf_reads_the_bare_ids(tmp
     path = tmp_path / "ids.txt"
     path.write_bytes("\ufeffC000001\r\n C000002 \r\n\r\n".encode())
     assert read_id_file(path) == ["C000001", "C000002"]
+
+
+def test_ids_are_erased_as_normalized_and_raw_text_by_whole_tokens(spark, settings, monkeypatch):
+    from jobs.runtime.tables import BRONZE_EVENTS_SCHEMA, append
+
+    monkeypatch.setenv("LAKEHOUSE_ERASURE_SALT", "salt-for-the-token-test")
+    root = settings.lakehouse.root
+    names = BRONZE_EVENTS_SCHEMA.fieldNames()
+    provenance = {"_source": "web", "_source_file": "file:/landing/a.json", "_ingested_at": datetime(2026, 11, 20),
+              "_run_id": "r1"}
+    rows = [{**dict.fromkeys(names), **provenance, **row} for row in (
+        {"customer_id": " C1 ", "event_type": "page_view"},  # padded: cleanse makes it C1
+        {"customer_id": "C10", "event_type": "page_view"},
+        {"_corrupt_record": '{"customer_id": "C1", "event_type": "pag'},
+        {"_corrupt_record": '{"customer_id": "C10", "event_type": "pag'},  # C1 is only a prefix here
+    )]
+    append(spark.createDataFrame(rows, BRONZE_EVENTS_SCHEMA), root, "bronze.events")
+    result = privacy.erase(spark, settings, ["C1 "])
+    assert result.tables == {"bronze.events": 2}
+    left = read_table(spark, root, "bronze.events").collect()
+    assert sorted((r["customer_id"] or r["_corrupt_record"]) for r in left) == [
+        "C10", '{"customer_id": "C10", "event_type": "pag']
+    # and the ingest filter drops a padded redelivery of the erased id too
+    landed = spark.createDataFrame([(" C1",), ("C10",)], "customer_id string").withColumn(
+        "anonymous_id", F.lit(None).cast("string"))
+    kept = landed.transform(privacy.without_erased(privacy.erased_filter(spark, settings), "events")).collect()
+    assert [r["customer_id"] for r in kept] == ["C10"]

@@ -144,13 +144,13 @@ def test_rees46_sample_lands_through_configuration_alone(spark, settings):
     assert bronze.where(F.col("_rescued_data").isNotNull()).count() == 0
 
 
-def test_crm_exports_with_other_column_names_and_a_broken_row(spark, make_settings):
+def test_crm_exports_with_other_column_names_a_byte_order_mark_and_a_broken_row(spark, make_settings):
     settings = make_settings("ingest.crm_sources=[crm_salesforce]")
     folder = os.path.join(settings.landing.root, "crm_salesforce")
     os.makedirs(folder)
-    with open(os.path.join(folder, "contacts.csv"), "w") as handle:
+    with open(os.path.join(folder, "contacts.csv"), "w", encoding="utf-8") as handle:
         handle.write(
-            "Id,Email,FirstName,LastName,Birthdate,MailingCity,MailingCountry,Email_Consent__c,"
+            "\ufeffId,Email,FirstName,LastName,Birthdate,MailingCity,MailingCountry,Email_Consent__c,"
             "LastModifiedDate,LeadSource\n"
             "003A,Ann@X.com,Ann,Lee,1990-01-02,NYC,US,true,2026-11-01T10:00:00Z,Web\n"
             '003B,"bob@y.com,Bob\n'
@@ -169,3 +169,67 @@ def test_crm_exports_with_other_column_names_and_a_broken_row(spark, make_settin
 def test_missing_landing_path_is_an_input_error(spark, settings):
     with pytest.raises(InputError, match=r"landing path not found: .*landing/events \(source 'web'"):
         ingest(spark, settings, "events")
+
+
+def test_an_unreadable_file_is_quarantined_with_its_reason_and_the_rest_lands(spark, settings):
+    import gzip
+
+    _write_events(settings, "good.json", GOOD)
+    whole = gzip.compress(("\n".join(json.dumps({**GOOD[0], "event_id": f"z{i}"}) for i in range(500)) + "\n").encode())
+    broken = os.path.join(settings.landing.root, "events", "broken.json.gz")
+    with open(broken, "wb") as handle:
+        handle.write(whole[: len(whole) // 2])  # cut off mid-stream: every read of it fails
+
+    result = ingest(spark, settings, "events")
+
+    assert _landed(result) == (1, 2, 0)
+    [quarantined] = read_table(spark, settings.lakehouse.root, "ops.quarantined_files").collect()
+    assert quarantined["path"].endswith("broken.json.gz") and quarantined["source"] == "web"
+    assert quarantined["reason"] == "truncated or corrupt compressed file"
+    assert result.details["warnings"] == [
+        f"quarantined {quarantined['path']} of source web (truncated or corrupt compressed file); "
+        "the rest of its batch landed"]
+    assert [f["path"].endswith("good.json") for f in landed_files(spark, settings, settings.source("web", "events"))] == [
+        True]
+    again = ingest(spark, settings, "events")  # the source is not wedged: nothing new, nothing to retry
+    assert _landed(again) == (0, 0, 0)
+
+
+def test_odd_file_names_byte_order_marks_rfc4180_csv_and_a_declared_encoding_land_exactly_once(spark, settings):
+    events = os.path.join(settings.landing.root, "events")
+    names = ["a b.json", "naïve-ü.json", "x[1].json", "{y}.json", "star*.json", "q?.json", "bom.json"]
+    for i, name in enumerate(names):
+        _write_events(settings, name, [{**GOOD[0], "event_id": f"n{i}"}])
+    bom = os.path.join(events, "bom.json")
+    with open(bom, "rb") as handle:
+        text = handle.read()
+    with open(bom, "wb") as handle:
+        handle.write(b"\xef\xbb\xbf" + text)
+    crm = os.path.join(settings.landing.root, "crm")
+    os.makedirs(crm)
+    with open(os.path.join(crm, "export.csv"), "wb") as handle:  # a quoted line break, "" escapes, Latin-1
+        handle.write(("customer_id,first_name,last_name,city,updated_at\r\n"
+                      'C1,"Ann\r\nMarie","O""Brien",Zoë City,2026-11-01T10:00:00Z\r\n'
+                      "C2,Bob,Lee,NYC,2026-11-01T10:00:00Z\r\n").encode("iso-8859-1"))
+    crm_source = settings.sources["crm"].model_copy(update={"encoding": "ISO-8859-1"})
+    latin = settings.model_copy(update={"sources": {**settings.sources, "crm": crm_source}})
+
+    landed = ingest(spark, latin, "events")
+    assert _landed(landed) == (len(names), len(names), 0)
+    assert sorted(r["event_id"] for r in _bronze(spark, settings).collect()) == [f"n{i}" for i in range(len(names))]
+    assert _landed(ingest(spark, latin, "events")) == (0, 0, 0)  # each exactly once
+
+    assert _landed(ingest(spark, latin, "crm")) == (1, 2, 0)
+    ann = _bronze(spark, settings, "bronze.crm").where(F.col("customer_id") == "C1").first()
+    assert (ann["first_name"], ann["last_name"], ann["city"]) == ("Ann\nMarie", 'O"Brien', "Zoë City")
+
+
+def test_an_unknown_or_json_encoding_is_refused_naming_it():
+    from pydantic import ValidationError
+
+    from jobs.runtime.settings import SourceSettings
+
+    with pytest.raises(ValidationError, match="unknown character set 'klingon'"):
+        SourceSettings(name="crm", kind="crm", format="csv", encoding="klingon")
+    with pytest.raises(ValidationError, match="JSON lines are read as UTF-8"):
+        SourceSettings(name="web", kind="events", format="json", encoding="ISO-8859-1")

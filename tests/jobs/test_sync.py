@@ -85,6 +85,10 @@ def test_a_sync_killed_after_a_batch_finishes_on_rerun_without_resending(spark, 
     with pytest.raises(RuntimeError, match="killed"):
         sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
     assert _delivered(spark, lakehouse) == ["C1", "C2"]
+    [killed] = (tmp_path / "exports").glob("*/manifest.json")  # the acknowledged batch is reachable
+    listed = json.loads(killed.read_text())
+    assert listed["status"] == "incomplete" and [b["rows"] for b in listed["batches"]] == [2]
+    assert (killed.parent / listed["batches"][0]["file"]).is_file()
     state = tmp_path / "lakehouse" / "ops" / "sync_state"
     assert not state.exists() or read_table(spark, lakehouse.lakehouse.root, "ops.sync_state").count() == 0
 
