@@ -64,14 +64,19 @@ class UtcTimestamp(click.ParamType):
 class Runtime:
     """Settings and Spark, made on first use so that ``--help`` and bad arguments stay fast."""
 
-    def __init__(self, env: str | None, conf_path: str | None, overrides: tuple[str, ...]):
-        self.env, self.conf_path, self.overrides = env, conf_path, overrides
+    def __init__(self, env: str | None, conf_path: str | None, overrides: tuple[str, ...],
+                 wait: float | None = None):
+        self.env, self.conf_path, self.overrides, self.wait = env, conf_path, overrides, wait
 
     @cached_property
     def settings(self) -> Settings:
+        from jobs.runtime import lease
         from jobs.runtime.settings import load_settings
 
-        return load_settings(self.env, self.conf_path, self.overrides)
+        settings = load_settings(self.env, self.conf_path, self.overrides)
+        lease.CONFIGURED = lease.LeaseSettings(
+            settings.lease.wait_seconds if self.wait is None else self.wait, settings.lease.ttl_seconds)
+        return settings
 
     @cached_property
     def spark(self) -> SparkSession:
@@ -89,11 +94,15 @@ pass_runtime = click.make_pass_decorator(Runtime)
               help="A settings file to use instead of conf/<env>.yaml.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting, e.g. --set lakehouse.root=/tmp/lh (repeatable).")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="If another command is writing the lakehouse, wait this long for it to end "
+                   "(default lease.wait_seconds: 0, fail at once).")
 @click.version_option(package_name="email-lakehouse", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, env: str | None, conf_path: str | None, overrides: tuple[str, ...]) -> None:
+def cli(ctx: click.Context, env: str | None, conf_path: str | None, overrides: tuple[str, ...],
+        wait: float | None) -> None:
     """Email-personalization lakehouse: land, cleanse, model and sync customer data."""
-    ctx.obj = Runtime(env, conf_path, overrides)
+    ctx.obj = Runtime(env, conf_path, overrides, wait)
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -160,24 +160,32 @@ class Run:
 
 @contextmanager
 def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | None = None) -> Iterator[Run]:
-    """A command's :class:`Run`; its rows are appended to ``ops.job_runs`` in one commit when it
-    ends, whether it succeeded or failed (a driver killed outright records nothing here, but
-    every data commit it made carries its run id)."""
-    from jobs.runtime.tables import append, last_commit_metadata, spec, table_path
+    """A command's :class:`Run`, holding the lakehouse's writer lease (:mod:`jobs.runtime.lease`)
+    throughout; its rows are appended to ``ops.job_runs`` in one commit when it ends, whether it
+    succeeded or failed (a driver killed outright records nothing here, but every data commit it
+    made carries its run id). A command refused the lease records nothing."""
+    from jobs.runtime.lease import writer_lease
 
     run = Run(spark, root, job, env, **({"run_id": run_id} if run_id else {}))
-    failure: BaseException | None = None
-    try:
-        yield run
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        outcomes = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {})
-        for stage in run.stages:
-            outcomes.update(stage.outcomes if stage.status == "succeeded" else {})
-        append(spark.createDataFrame(run.rows(failure), spec(JOB_RUNS).schema), root, JOB_RUNS,
-               metadata={"run_id": run.run_id, "outcomes": outcomes})
+    with writer_lease(spark, root, run.run_id, job):
+        failure: BaseException | None = None
+        try:
+            yield run
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            _record(spark, root, run, failure)
+
+
+def _record(spark: SparkSession, root: str, run: Run, failure: BaseException | None) -> None:
+    from jobs.runtime.tables import append, last_commit_metadata, spec, table_path
+
+    outcomes = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {})
+    for stage in run.stages:
+        outcomes.update(stage.outcomes if stage.status == "succeeded" else {})
+    append(spark.createDataFrame(run.rows(failure), spec(JOB_RUNS).schema), root, JOB_RUNS,
+           metadata={"run_id": run.run_id, "outcomes": outcomes})
 
 
 def previous_outcome(spark: SparkSession, root: str, step: str, path: str, inputs: dict[str, Any]

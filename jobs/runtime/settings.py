@@ -203,6 +203,13 @@ class SecretsSettings(Frozen):
     endpoint_url: str | None = Field(default=None, description="Another Secrets Manager endpoint.")
 
 
+class LeaseSettings(Frozen):
+    wait_seconds: float = Field(default=0, ge=0, description="How long a writing command waits for another "
+                                "writer's lease to free up before failing (the CLI's --wait overrides it).")
+    ttl_seconds: float = Field(default=300, ge=10, description="A lease not renewed for this long is taken over "
+                               "(its holder renews it every fifth of it).")
+
+
 class PrivacySettings(Frozen):
     salt_env: str = Field(default="LAKEHOUSE_ERASURE_SALT",
                           description="Environment variable holding the salt of erased-id hashes.")
@@ -314,6 +321,7 @@ class Settings(Frozen):
     gold: GoldSettings = Field(default_factory=GoldSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     destinations: DestinationsSettings = Field(default_factory=DestinationsSettings)
