@@ -513,6 +513,7 @@ def privacy() -> None:
 @pass_runtime
 def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_file: str | None) -> None:
     """Delete customers from every table and version, and from every configured email platform."""
+    from jobs.runtime.pii import hash_id
     from jobs.runtime.report import format_table
     from jobs.tools.privacy import erase, read_id_file
 
@@ -520,9 +521,13 @@ def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_
     if not ids:
         raise click.UsageError("give --customer-id ID (repeatable) or --from-file PATH")
     settings = runtime.settings
-    platforms = tuple(n for n in ("klaviyo", "sfmc") if getattr(settings.destinations, n) is not None)
+    platforms = tuple(n for n in ("klaviyo", "sfmc", "webhook", "s3", "file")
+                      if getattr(settings.destinations, n) is not None)
     result = erase(runtime.spark, settings, ids, platforms)
-    click.echo(f"erased {result.customers} customers (erasure {result.erasure_id}); rows deleted per table:")
+    missing = sorted(set(result.requested) - set(result.found))
+    click.echo(f"erased {len(result.found)} of {result.customers} requested customers (erasure {result.erasure_id})"
+               + (f"; not found in any table: {', '.join(hash_id(i) for i in missing)}" if missing else "")
+               + "; rows deleted per table:")
     click.echo(format_table(["table", "rows"], [[k, v] for k, v in sorted(result.tables.items())]))
     for name, answer in sorted(result.platforms.items()):
         click.echo(f"{name}: {answer}")

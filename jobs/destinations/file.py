@@ -18,8 +18,10 @@ destination writes the same objects under a bucket and prefix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,15 @@ class ExportDestination:
         """None: an export is a feed of change batches, read in order through the manifests, not
         a copy of the state; pointing it elsewhere only moves where later batches go."""
         return None
+
+    def erase(self, customer_ids: list[str]) -> str:
+        """An erasure manifest beside the runs, ``erasures/{at}-{hash}.json``: the customers every
+        reader of these exports must forget (their earlier batches hold their rows)."""
+        ids = sorted(customer_ids)
+        at = datetime.now(UTC)
+        name = f"erasures/{at:%Y%m%dT%H%M%SZ}-{hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]}.json"
+        self._write(name, manifest_text({"type": "erase", "customer_ids": ids, "requested_at": at.isoformat()}))
+        return f"erasure manifest {name} written"
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         batches = self._batches.get(run_id, [])

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from jobs.destinations import BatchResult
-from jobs.destinations.http import check_credentials, post
+from jobs.destinations.http import DeliveryFailed, check_credentials, post
 from jobs.runtime.secrets import ENVIRONMENT, SecretSource
 from jobs.runtime.settings import WebhookDestination as WebhookSettings
 
@@ -44,6 +44,16 @@ class WebhookDestination:
             return BatchResult(failed=[(row["customer_id"], error) for row in rows], attempts=answer.attempts,
                                http_status=answer.status)
         return BatchResult(attempts=answer.attempts, http_status=answer.status)
+
+    def erase(self, customer_ids: list[str]) -> str:
+        """Tell the receiver to forget these customers: ``{"type": "erase", "customer_ids": [...]}``,
+        signed, with an idempotency key of its own."""
+        ids = sorted(customer_ids)
+        key = hashlib.sha256(json.dumps(["erase", ids]).encode()).hexdigest()
+        answer = self._post(key, {"type": "erase", "customer_ids": ids})
+        if not answer.ok:
+            raise DeliveryFailed(f"webhook erase message refused with HTTP {answer.status}")
+        return f"erase message for {len(ids)} customers acknowledged (HTTP {answer.status})"
 
     def prepare(self, segment_ids: list[str]) -> None:
         """Any segment goes: the payload names it."""

@@ -12,8 +12,8 @@
 4. Deletion-vector rows are purged (``REORG TABLE … APPLY (PURGE)``) and each touched table is
    VACUUMed with ``privacy.erase_vacuum_retention_hours`` (default 0), so no earlier version —
    nor its change-data files — can be read back by time travel.
-5. Each configured email platform is asked to delete the profile (Klaviyo's data-privacy
-   deletion job; SFMC rows are deleted with the SOAP API).
+5. Each configured platform is told: Klaviyo's data-privacy deletion job, SFMC rows deleted with
+   the SOAP API, a signed erase message to the webhook, an erasure manifest in file/s3 exports.
 6. A ``completed`` row records which tables lost how many rows and what each platform answered.
 
 Rows landed in bronze but not cleansed yet are cleansed first (inside the erasure, under its
@@ -61,6 +61,8 @@ class ErasureResult:
     customers: int
     tables: dict[str, int] = field(default_factory=dict)
     platforms: dict[str, str] = field(default_factory=dict)
+    found: list[str] = field(default_factory=list)  # the requested ids some table held
+    requested: list[str] = field(default_factory=list)
 
 
 def salted(salt: str, value: str) -> str:
@@ -195,7 +197,7 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
         raise InputError("no customer ids to erase")
     root = settings.lakehouse.root
     salt = _salt(settings)
-    result = ErasureResult(uuid.uuid4().hex, len(ids))
+    result = ErasureResult(uuid.uuid4().hex, len(ids), requested=ids)
     with job_run(spark, root, "privacy_erase", settings.env) as run:
         # Bronze rows not cleansed yet would be read from files the VACUUM below removes (and
         # would bring the customer back into silver): bring silver up to date first.
@@ -203,6 +205,7 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
 
         cleanse_stage(spark, settings, StageResult("cleanse", run.run_id))
         anonymous, emails = _linked(spark, root, ids)
+        result.found = _found(spark, root, ids)
         linked = [salted(salt, v) for v in (*anonymous, *emails)]
         hashed = [(salted(salt, c), linked) for c in ids]
         append_rows(spark, root, ERASURE_LOG, [
@@ -227,8 +230,22 @@ def erase(spark: SparkSession, settings: Settings, customer_ids: Iterable[str],
                utc_now()) for r in unfinished]])
         run.rows_in = len(ids)
         run.rows_out = sum(result.tables.values())
-        run.metrics = {f"rows.{k}": v for k, v in result.tables.items()}
+        run.metrics = {**{f"rows.{k}": v for k, v in result.tables.items()}, "customers_found": len(result.found)}
     return result
+
+
+def _found(spark: SparkSession, root: str, ids: list[str]) -> list[str]:
+    """Which of ``ids`` any table holding customers knows (one pass, at most ``len(ids)`` rows)."""
+    frames = [spark.read.format("delta").load(table_path(root, key)).select(
+        normalized_id(F.col("customer_id")).alias("customer_id"))
+        for key in (*EVENT_TABLES, *CRM_TABLES, "silver.identity_map")
+        if is_delta_table(spark, table_path(root, key))]
+    if not frames:
+        return []
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return sorted(r[0] for r in union.where(F.col("customer_id").isin(ids)).distinct().collect())
 
 
 def read_id_file(path: Path) -> list[str]:

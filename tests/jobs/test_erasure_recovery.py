@@ -1,6 +1,8 @@
 """Erasure edge cases: one interrupted after its deletes is finished by the next one; ids are
 compared as every stage normalizes them; raw text is matched by whole tokens."""
 
+import json
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -64,16 +66,38 @@ def test_an_id_file_saved_with_a_byte_order_mark_and_crlf_reads_the_bare_ids(tmp
     assert read_id_file(path) == ["C000001", "C000002"]
 
 
+@contextmanager
+def event_log(spark, folder):
+    """Spark's own event-log writer attached to the running session for the body (the suite's
+    shared session cannot switch ``spark.eventLog.enabled`` on); yields the log's text after."""
+    jvm, context = spark.sparkContext._jvm, spark.sparkContext._jsc.sc()
+    conf = context.conf().clone().set("spark.eventLog.compress", "false")
+    writer = jvm.org.apache.spark.scheduler.EventLoggingListener(
+        "erasure-test", jvm.scala.Option.empty(), jvm.java.net.URI(folder.as_uri()), conf,
+        context.hadoopConfiguration())
+    writer.start()
+    context.addSparkListener(writer)
+    text = []
+    try:
+        yield text
+    finally:
+        context.listenerBus().waitUntilEmpty()
+        context.removeSparkListener(writer)
+        writer.stop()
+        text.extend(p.read_text(errors="replace") for p in folder.rglob("events_*"))
+
+
 def test_ids_are_erased_as_normalized_raw_text_by_whole_tokens_and_pending_rows_cleansed_first(
-        spark, settings, monkeypatch):
+        spark, make_settings, tmp_path, monkeypatch):
     from jobs.runtime.tables import BRONZE_EVENTS_SCHEMA, append
     from jobs.stages.cleanse import cleanse
 
     monkeypatch.setenv("LAKEHOUSE_ERASURE_SALT", "salt-for-the-token-test")
+    settings = make_settings(f"destinations.file.path={tmp_path / 'exports'}")
     root = settings.lakehouse.root
     names = BRONZE_EVENTS_SCHEMA.fieldNames()
-    provenance = {"_source": "web", "_source_file": "file:/landing/a.json", "_ingested_at": datetime(2026, 11, 20),
-              "_run_id": "r1"}
+    provenance = {"_source": "web", "_source_file": "file:/landing/a.json",
+                  "_ingested_at": datetime(2026, 11, 20), "_run_id": "r1"}
     rows = [{**dict.fromkeys(names), **provenance, **row} for row in (
         {"customer_id": " C1 ", "event_type": "page_view"},  # padded: cleanse makes it C1
         {"customer_id": "C10", "event_type": "page_view"},
@@ -81,7 +105,19 @@ def test_ids_are_erased_as_normalized_raw_text_by_whole_tokens_and_pending_rows_
         {"_corrupt_record": '{"customer_id": "C10", "event_type": "pag'},  # C1 is only a prefix here
     )]
     append(spark.createDataFrame(rows, BRONZE_EVENTS_SCHEMA), root, "bronze.events")
-    result = privacy.erase(spark, settings, ["C1 "])
+    logs = tmp_path / "eventlog"
+    logs.mkdir()
+    with event_log(spark, logs) as logged:
+        result = privacy.erase(spark, settings, ["C1 ", "C9"], platforms=("file",))
+        filtered = landed_again(spark).transform(privacy.without_erased(privacy.erased_filter(spark, settings),
+                                                                        "events"))
+        kept = [r["customer_id"] for r in filtered.collect()]
+    assert kept == ["C10"]  # a padded redelivery of the erased id is dropped at ingest too
+    assert logged and "SparkListenerSQLExecutionStart" in logged[0]
+    assert "salt-for-the-token-test" not in "".join(logged)  # the salt is in no plan Spark logged
+    assert result.found == ["C1"]  # C9 is reported as not found, not as erased
+    [manifest] = (tmp_path / "exports" / "erasures").glob("*.json")  # export readers are told
+    assert json.loads(manifest.read_text())["customer_ids"] == ["C1", "C9"]
     # bronze rows not cleansed yet are cleansed first (rejected here: they carry no time), so no
     # later cleanse reads a file the erasure's VACUUM removed
     assert result.tables == {"bronze.events": 2, "silver.rejected_events": 2}
@@ -93,11 +129,8 @@ def test_ids_are_erased_as_normalized_raw_text_by_whole_tokens_and_pending_rows_
     rejected = read_table(spark, root, "silver.rejected_events").collect()
     assert sorted((r["customer_id"] or r["_corrupt_record"]) for r in rejected) == [
         "C10", '{"customer_id": "C10", "event_type": "pag']
-    # and the ingest filter drops a padded redelivery of the erased id too
-    landed = spark.createDataFrame([(" C1",), ("C10",)], "customer_id string").withColumn(
+
+
+def landed_again(spark):
+    return spark.createDataFrame([(" C1",), ("C10",)], "customer_id string").withColumn(
         "anonymous_id", F.lit(None).cast("string"))
-    filtered = landed.transform(privacy.without_erased(privacy.erased_filter(spark, settings), "events"))
-    assert [r["customer_id"] for r in filtered.collect()] == ["C10"]
-    # the salt is joined in as data: no plan shows it (EXPLAIN, the UI's SQL tab and event logs print these)
-    execution = filtered._jdf.queryExecution()
-    assert "salt-for-the-token-test" not in execution.toString() + execution.executedPlan().toString()

@@ -26,6 +26,7 @@ class Receiver:
 
     def __init__(self, fail_every: int = 0, refuse: set[str] | None = None):
         self.members: dict[str, set[str]] = {}
+        self.erased: list[str] = []
         self.applied: set[str] = set()
         self.requests = self.replays = self.bad_signatures = 0
         self.fail_every, self.refuse = fail_every, refuse or set()
@@ -57,6 +58,11 @@ class Receiver:
                     self.connection.shutdown(2)
                     return None
                 payload = json.loads(body)
+                if payload["type"] == "erase":
+                    for members in receiver.members.values():
+                        members.difference_update(payload["customer_ids"])
+                    receiver.erased.extend(payload["customer_ids"])
+                    return self._answer(200, b"{}")
                 if any(c["customer_id"] in receiver.refuse for c in payload["changes"]):
                     return self._answer(422, b"invalid profile")
                 key = self.headers["Idempotency-Key"]
@@ -233,3 +239,14 @@ def test_a_new_target_is_refused_until_a_full_refresh_fills_it(spark, lakehouse,
     sync(spark, moved, "webhook", ("abandoned_cart_24h",), full_refresh=True)
     assert new.members == old.members == {"abandoned_cart_24h": {"C1", "C2", "C3", "C4", "C5"}}
     sync(spark, moved, "webhook", ("abandoned_cart_24h",))  # the new target is now the recorded one
+
+
+def test_an_erasure_tells_the_receiver_in_a_signed_message(receiver, monkeypatch):
+    from jobs.destinations.webhook import WebhookDestination as Webhook
+
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    state, url = receiver()
+    state.members = {"abandoned_cart_24h": {"C1", "C2"}}
+    answer = Webhook(WebhookDestination(url=url, secret_env="TEST_WEBHOOK_SECRET")).erase(["C1"])
+    assert answer.startswith("erase message for 1 customers acknowledged")
+    assert state.erased == ["C1"] and state.members == {"abandoned_cart_24h": {"C2"}} and state.bad_signatures == 0
