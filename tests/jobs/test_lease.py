@@ -64,3 +64,17 @@ def test_a_writing_command_fails_at_once_or_waits_with_wait(spark, settings):
     threading.Timer(1.0, held.__exit__, (None, None, None)).start()
     waited = CliRunner().invoke(cli, [*base, "--wait", "20", "segment"])
     assert "no customer features yet" in waited.output  # it got the lease, then found nothing to judge
+
+
+def test_on_s3_the_lease_is_a_conditional_put(moto_endpoint, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # boto3 reads it; Spark's s3a endpoint otherwise
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket="lake")
+    root = "s3a://lake/lakehouse"
+    with writer_lease(None, root, "run-a", "run", NOW_ONLY):
+        assert current_holder(None, root).run_id == "run-a"
+        with pytest.raises(WriterBusy, match="is being written by run run-a"), \
+                writer_lease(None, root, "run-b", "sync:file", NOW_ONLY):
+            pass
+    assert current_holder(None, root) is None
