@@ -195,33 +195,49 @@ def test_an_unreadable_file_is_quarantined_with_its_reason_and_the_rest_lands(sp
     assert _landed(again) == (0, 0, 0)
 
 
-def test_odd_file_names_byte_order_marks_rfc4180_csv_and_a_declared_encoding_land_exactly_once(spark, settings):
-    events = os.path.join(settings.landing.root, "events")
-    names = ["a b.json", "naïve-ü.json", "x[1].json", "{y}.json", "star*.json", "q?.json", "bom.json"]
+def test_file_names_with_spaces_non_ascii_and_glob_characters_land_exactly_once(spark, settings):
+    names = ["a b.json", "naïve-ü.json", "x[1].json", "{y}.json", "star*.json", "q?.json"]
     for i, name in enumerate(names):
         _write_events(settings, name, [{**GOOD[0], "event_id": f"n{i}"}])
-    bom = os.path.join(events, "bom.json")
-    with open(bom, "rb") as handle:
+    assert _landed(ingest(spark, settings, "events")) == (len(names), len(names), 0)
+    assert sorted(r["event_id"] for r in _bronze(spark, settings).collect()) == [f"n{i}" for i in range(len(names))]
+    assert _landed(ingest(spark, settings, "events")) == (0, 0, 0)
+
+
+def test_a_json_file_with_a_byte_order_mark_parses_from_its_first_line(spark, settings):
+    path = _write_events(settings, "bom.json", [GOOD[0]])
+    with open(path, "rb") as handle:
         text = handle.read()
-    with open(bom, "wb") as handle:
+    with open(path, "wb") as handle:
         handle.write(b"\xef\xbb\xbf" + text)
-    crm = os.path.join(settings.landing.root, "crm")
-    os.makedirs(crm)
-    with open(os.path.join(crm, "export.csv"), "wb") as handle:  # a quoted line break, "" escapes, Latin-1
-        handle.write(("customer_id,first_name,last_name,city,updated_at\r\n"
-                      'C1,"Ann\r\nMarie","O""Brien",Zoë City,2026-11-01T10:00:00Z\r\n'
-                      "C2,Bob,Lee,NYC,2026-11-01T10:00:00Z\r\n").encode("iso-8859-1"))
+    assert _landed(ingest(spark, settings, "events")) == (1, 1, 0)  # not a corrupt record
+    assert _bronze(spark, settings).first()["event_id"] == "e1"
+
+
+def _crm_file(settings, data):
+    folder = os.path.join(settings.landing.root, "crm")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "export.csv"), "wb") as handle:
+        handle.write(data)
+
+
+def test_csv_is_rfc4180_quoted_line_breaks_and_doubled_quotes(spark, settings):
+    _crm_file(settings, (b'customer_id,first_name,last_name,updated_at\r\n'
+                         b'C1,"Ann\r\nMarie","O""Brien",2026-11-01T10:00:00Z\r\n'
+                         b"C2,Bob,Lee,2026-11-01T10:00:00Z\r\n"))
+    assert _landed(ingest(spark, settings, "crm")) == (1, 2, 0)
+    ann = _bronze(spark, settings, "bronze.crm").where(F.col("customer_id") == "C1").first()
+    assert (ann["first_name"], ann["last_name"]) == ("Ann\nMarie", 'O"Brien')  # the break kept (as \n)
+
+
+def test_a_declared_encoding_applies_to_the_csv_data_and_its_header(spark, settings):
+    _crm_file(settings, ("customer_id,city,città_natale,updated_at\n"
+                         "C1,Zoë City,Forlì,2026-11-01T10:00:00Z\n").encode("iso-8859-1"))
     crm_source = settings.sources["crm"].model_copy(update={"encoding": "ISO-8859-1"})
     latin = settings.model_copy(update={"sources": {**settings.sources, "crm": crm_source}})
-
-    landed = ingest(spark, latin, "events")
-    assert _landed(landed) == (len(names), len(names), 0)
-    assert sorted(r["event_id"] for r in _bronze(spark, settings).collect()) == [f"n{i}" for i in range(len(names))]
-    assert _landed(ingest(spark, latin, "events")) == (0, 0, 0)  # each exactly once
-
-    assert _landed(ingest(spark, latin, "crm")) == (1, 2, 0)
-    ann = _bronze(spark, settings, "bronze.crm").where(F.col("customer_id") == "C1").first()
-    assert (ann["first_name"], ann["last_name"], ann["city"]) == ("Ann\nMarie", 'O"Brien', "Zoë City")
+    assert _landed(ingest(spark, latin, "crm")) == (1, 1, 0)
+    row = _bronze(spark, settings, "bronze.crm").first()
+    assert row["city"] == "Zoë City" and json.loads(row["_rescued_data"]) == {"città_natale": "Forlì"}
 
 
 def test_an_unknown_or_json_encoding_is_refused_naming_it():
