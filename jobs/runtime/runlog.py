@@ -178,10 +178,17 @@ def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | N
             _record(spark, root, run, failure)
 
 
-def _record(spark: SparkSession, root: str, run: Run, failure: BaseException | None) -> None:
-    from jobs.runtime.tables import append, last_commit_metadata, spec, table_path
+def recorded_outcomes(spark: SparkSession, root: str) -> dict[str, dict[str, Any]]:
+    """Per step, the outcome of its last successful run, from the last ``ops.job_runs`` commit."""
+    from jobs.runtime.tables import last_commit_metadata, table_path
 
-    outcomes = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {})
+    return dict(last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {}))
+
+
+def _record(spark: SparkSession, root: str, run: Run, failure: BaseException | None) -> None:
+    from jobs.runtime.tables import append, spec
+
+    outcomes = recorded_outcomes(spark, root)
     for stage in run.stages:
         outcomes.update(stage.outcomes if stage.status == "succeeded" else {})
     append(spark.createDataFrame(run.rows(failure), spec(JOB_RUNS).schema), root, JOB_RUNS,
@@ -196,12 +203,12 @@ def previous_outcome(spark: SparkSession, root: str, step: str, path: str, input
     Read from the output table's latest commit (the run wrote it) or, when that run wrote nothing
     (its result equalled what the table held), from the last ``ops.job_runs`` commit: two log
     files, no Spark job."""
-    from jobs.runtime.tables import current_version, last_commit_metadata, table_path
+    from jobs.runtime.tables import current_version, last_commit_metadata
 
     own = last_commit_metadata(spark, path)
     if own.get("inputs") == inputs:
         return own
-    recorded = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {}).get(step)
+    recorded = recorded_outcomes(spark, root).get(step)
     if recorded and recorded.get("inputs") == inputs and recorded.get("version") == current_version(spark, path):
         return recorded
     return None

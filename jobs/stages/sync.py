@@ -33,12 +33,11 @@ from jobs.destinations import Destination, destination
 from jobs.rules.segments import load_segments
 from jobs.runtime.errors import InputError, LakehouseError
 from jobs.runtime.pii import mask
-from jobs.runtime.runlog import JOB_RUNS, StageResult, previous_outcome, run_stage, utc_now
+from jobs.runtime.runlog import StageResult, previous_outcome, recorded_outcomes, run_stage, utc_now
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.tables import (
     append_rows,
     current_version,
-    last_commit_metadata,
     overwrite,
     read_or_empty,
     table_path,
@@ -202,7 +201,7 @@ def _digest(text: str | None) -> str | None:
 
 def _recorded_targets(spark: SparkSession, root: str, step: str) -> dict[str, str | None]:
     """Per segment, where the last successful sync to this destination sent it (a digest)."""
-    recorded = last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {}).get(step) or {}
+    recorded = recorded_outcomes(spark, root).get(step) or {}
     return dict(recorded.get("targets") or {})
 
 
