@@ -4,7 +4,6 @@ own lakehouse and landing zone under ``tmp_path``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.request
 from collections.abc import Callable
@@ -17,8 +16,6 @@ from jobs.runtime.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"
-
-os.environ.setdefault("SPARK_TESTING", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

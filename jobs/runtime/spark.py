@@ -121,8 +121,6 @@ def get_spark(settings: SparkSettings, extra_confs: Mapping[str, str] | None = N
         _local_logging(confs)
     for key, value in confs.items():
         builder = builder.config(key, value)
-    if settings.profile == "test":
-        os.environ.setdefault("SPARK_TESTING", "1")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.log_level)
     return spark

@@ -43,22 +43,29 @@ def parsed(df):
     return df.transform(parse_customers(LOCATIONS.cities, LOCATIONS.countries, TODAY))
 
 
-@pytest.mark.parametrize(
-    ("city", "expected"),
-    [("NYC", "New York"), (" new york ", "New York"), ("New York City", "New York"), ("NEW YORK", "New York"),
-     ("LA", "Los Angeles"), ("san  francisco", "San Francisco"), ("springfield", "Springfield"), (None, None)],
-)
-def test_cities_normalize_through_the_alias_list(spark, city, expected):
-    assert parsed(crm(spark, rec("C1", city=city))).first()["city"] == expected
+CITY_CASES = [("NYC", "New York"), (" new york ", "New York"), ("New York City", "New York"),
+              ("NEW YORK", "New York"), ("LA", "Los Angeles"), ("san  francisco", "San Francisco"),
+              ("springfield", "Springfield"), (None, None)]
+CONSENT_CASES = [("true", True), ("TRUE", True), ("yes", True), ("Y", True), ("1", True), ("false", False),
+                 ("no", False), ("0", False), ("N", False), ("maybe", None), (None, None)]
 
 
-@pytest.mark.parametrize(
-    ("consent", "expected"),
-    [("true", True), ("TRUE", True), ("yes", True), ("Y", True), ("1", True),
-     ("false", False), ("no", False), ("0", False), ("N", False), ("maybe", None), (None, None)],
-)
-def test_email_consent_becomes_a_boolean(spark, consent, expected):
-    assert parsed(crm(spark, rec("C1", email_consent=consent))).first()["email_consent"] is expected
+@pytest.fixture(scope="module")
+def parsed_cases(spark):
+    """Every city and consent case below as a customer of its own, parsed in one Spark job."""
+    records = [rec(f"C{100 + i}", city=city) for i, (city, _) in enumerate(CITY_CASES)]
+    records += [rec(f"C{200 + i}", email_consent=consent) for i, (consent, _) in enumerate(CONSENT_CASES)]
+    return {row["customer_id"]: row for row in parsed(crm(spark, *records)).collect()}
+
+
+@pytest.mark.parametrize(("case", "city", "expected"), [(i, *case) for i, case in enumerate(CITY_CASES)])
+def test_cities_normalize_through_the_alias_list(parsed_cases, case, city, expected):
+    assert parsed_cases[f"C{100 + case}"]["city"] == expected
+
+
+@pytest.mark.parametrize(("case", "consent", "expected"), [(i, *case) for i, case in enumerate(CONSENT_CASES)])
+def test_email_consent_becomes_a_boolean(parsed_cases, case, consent, expected):
+    assert parsed_cases[f"C{200 + case}"]["email_consent"] is expected
 
 
 def test_profile_fields_are_normalized(spark):

@@ -74,9 +74,7 @@ def assert_judged(spark, df, expected):
     assert_df_equality(actual, spark.createDataFrame(expected, JUDGED), ignore_row_order=True, ignore_nullable=True)
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
+TIMESTAMP_CASES = [
         ("2026-11-20T12:00:00.123Z", datetime(2026, 11, 20, 12, 0, 0, 123000)),
         ("2026-11-20T07:00:00-05:00", datetime(2026, 11, 20, 12, 0)),
         ("2026-11-20T17:30:00+05:30", datetime(2026, 11, 20, 12, 0)),
@@ -89,11 +87,19 @@ def assert_judged(spark, df, expected):
         ("yesterday", None),
         ("", None),
         (None, None),
-    ],
-)
-def test_timestamps_in_every_feed_format_become_utc(spark, text, expected):
-    df = spark.createDataFrame([(text,)], "t string")
-    assert df.select(parse_timestamp(F.col("t")).alias("ts")).first()["ts"] == expected
+]
+
+
+@pytest.fixture(scope="module")
+def parsed_timestamps(spark):
+    """Every text of TIMESTAMP_CASES parsed, in one Spark job: case number -> timestamp."""
+    df = spark.createDataFrame([(i, text) for i, (text, _) in enumerate(TIMESTAMP_CASES)], "i int, t string")
+    return {r["i"]: r["ts"] for r in df.select("i", parse_timestamp(F.col("t")).alias("ts")).collect()}
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), [(i, *case) for i, case in enumerate(TIMESTAMP_CASES)])
+def test_timestamps_in_every_feed_format_become_utc(parsed_timestamps, case, text, expected):
+    assert parsed_timestamps[case] == expected
 
 
 def test_parse_normalizes_types_ids_categories_and_prices(spark):
@@ -114,15 +120,22 @@ def test_parse_normalizes_types_ids_categories_and_prices(spark):
     assert row["_raw"]["event_type"] == "AddToCart"
 
 
-@pytest.mark.parametrize(
-    ("sent", "canonical"),
-    [("view", "product_view"), ("cart", "add_to_cart"), ("AddToCart", "add_to_cart"),
-     ("add-to-cart", "add_to_cart"), ("Add to cart", "add_to_cart"), ("order_completed", "purchase"),
-     ("PageView", "page_view"), ("remove_from_cart", "remove_from_cart"), ("wishlist_add", None)],
-)
-def test_event_type_synonyms_map_to_the_canonical_set(spark, sent, canonical):
-    row = bronze(spark, ev("e1", event_type=sent)).transform(parse_events(EVENT_TYPES)).first()
-    assert row["event_type"] == canonical
+SYNONYM_CASES = [("view", "product_view"), ("cart", "add_to_cart"), ("AddToCart", "add_to_cart"),
+                 ("add-to-cart", "add_to_cart"), ("Add to cart", "add_to_cart"), ("order_completed", "purchase"),
+                 ("PageView", "page_view"), ("remove_from_cart", "remove_from_cart"), ("wishlist_add", None)]
+
+
+@pytest.fixture(scope="module")
+def parsed_types(spark):
+    """Every name of SYNONYM_CASES sent as an event of its own, parsed in one Spark job."""
+    events = [ev(f"e{i}", event_type=sent) for i, (sent, _) in enumerate(SYNONYM_CASES)]
+    parsed = bronze(spark, *events).transform(parse_events(EVENT_TYPES))
+    return {r["_sent_id"]: r["event_type"] for r in parsed.select("_sent_id", "event_type").collect()}
+
+
+@pytest.mark.parametrize(("case", "sent", "canonical"), [(i, *case) for i, case in enumerate(SYNONYM_CASES)])
+def test_event_type_synonyms_map_to_the_canonical_set(parsed_types, case, sent, canonical):
+    assert parsed_types[f"e{case}"] == canonical
 
 
 def test_events_without_id_get_a_deterministic_id_from_their_content(spark):
@@ -214,15 +227,30 @@ def test_more_than_the_rate_in_any_minute_makes_every_event_of_the_id_a_bot(spar
     assert counts == {"a-bot": 61, "a-human": 0, "a-slow": 0}
 
 
-@pytest.mark.parametrize(("gap", "collapsed"), [("00.500", True), ("01.999", True), ("02.000", False), ("05.000", False)])
-def test_pixel_double_loads_inside_the_window_collapse_to_the_earliest(spark, gap, collapsed):
-    first = ev("e1", ts="2026-11-20T10:00:00.000Z", event_type="product_view", product_id="P1", url="/p/P1")
-    second = ev("e2", ts=f"2026-11-20T10:00:{gap}Z", event_type="view", product_id="p1", url="/p/P1")
-    other = ev("e3", ts="2026-11-20T10:00:00.100Z", event_type="product_view", product_id="P2", url="/p/P2")
-    df = bronze(spark, second, first, other).transform(prepared).transform(mark_duplicates(None)).transform(
-        mark_double_loads(2.0))
-    assert_judged(spark, df, [("e1", [], False), ("e2", ["double_load"] if collapsed else [], False),
-                              ("e3", [], False)])
+DOUBLE_LOAD_CASES = [("00.500", True), ("01.999", True), ("02.000", False), ("05.000", False)]
+
+
+@pytest.fixture(scope="module")
+def double_loads(spark):
+    """Each gap of DOUBLE_LOAD_CASES as a customer of its own (a view, its reload after the gap, a view of
+    another product), judged in one Spark job: event id -> (reasons, duplicate)."""
+    events = []
+    for case, (gap, _) in enumerate(DOUBLE_LOAD_CASES):
+        customer = f"C{case}"
+        events += [ev(f"{case}-e2", ts=f"2026-11-20T10:00:{gap}Z", event_type="view", product_id="p1", url="/p/P1",
+                      customer=customer),
+                   ev(f"{case}-e1", ts="2026-11-20T10:00:00.000Z", event_type="product_view", product_id="P1",
+                      url="/p/P1", customer=customer),
+                   ev(f"{case}-e3", ts="2026-11-20T10:00:00.100Z", event_type="product_view", product_id="P2",
+                      url="/p/P2", customer=customer)]
+    df = bronze(spark, *events).transform(prepared).transform(mark_duplicates(None)).transform(mark_double_loads(2.0))
+    return reasons_by_id(df)
+
+
+@pytest.mark.parametrize(("case", "gap", "collapsed"), [(i, *case) for i, case in enumerate(DOUBLE_LOAD_CASES)])
+def test_pixel_double_loads_inside_the_window_collapse_to_the_earliest(double_loads, case, gap, collapsed):
+    judged = {key.split("-")[1]: value for key, value in double_loads.items() if key.startswith(f"{case}-")}
+    assert judged == {"e1": ([], False), "e2": (["double_load"] if collapsed else [], False), "e3": ([], False)}
 
 
 def test_drop_expectations_reject_and_every_failure_is_counted(spark):
