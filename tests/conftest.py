@@ -40,7 +40,7 @@ def _settings(tmp_path: Path, *overrides: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from jobs.runtime.spark import get_spark
+    from jobs.runtime.spark import LOCAL_JAVA_OPTIONS, get_spark
 
     base = tmp_path_factory.mktemp("spark")
     settings = _settings(base)
@@ -49,7 +49,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
         extra_confs={
             "spark.sql.warehouse.dir": str(base / "warehouse"),
             "spark.driver.extraJavaOptions": (
-                f"-Dderby.system.home={base} "
+                f"{LOCAL_JAVA_OPTIONS} -Dderby.system.home={base} "
                 f"-Dlog4j.configurationFile={(REPO / 'conf' / 'log4j2.properties').as_uri()}"
             ),
         },
