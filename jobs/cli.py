@@ -74,8 +74,8 @@ class Runtime:
         from jobs.runtime.settings import load_settings
 
         settings = load_settings(self.env, self.conf_path, self.overrides)
-        lease.CONFIGURED = lease.LeaseSettings(
-            settings.lease.wait_seconds if self.wait is None else self.wait, settings.lease.ttl_seconds)
+        lease.CONFIGURED = (settings.lease if self.wait is None
+                            else settings.lease.model_copy(update={"wait_seconds": self.wait}))
         return settings
 
     @cached_property
@@ -521,7 +521,7 @@ def privacy_erase_command(runtime: Runtime, customer_ids: tuple[str, ...], from_
     if not ids:
         raise click.UsageError("give --customer-id ID (repeatable) or --from-file PATH")
     settings = runtime.settings
-    platforms = tuple(n for n in ("klaviyo", "sfmc", "webhook", "s3", "file")
+    platforms = tuple(n for n in type(settings.destinations).model_fields
                       if getattr(settings.destinations, n) is not None)
     result = erase(runtime.spark, settings, ids, platforms)
     missing = sorted(set(result.requested) - set(result.found))

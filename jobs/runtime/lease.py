@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobs.runtime import fs
 from jobs.runtime.errors import LakehouseError
+from jobs.runtime.settings import LeaseSettings
 
 POLL_SECONDS = 0.5
 
@@ -50,14 +52,7 @@ class Holder:
                 f"since {self.since[:19].replace('T', ' ')} UTC")
 
 
-@dataclass
-class LeaseSettings:
-    """Set by the CLI from ``lease.*`` settings and ``--wait``."""
-
-    wait_seconds: float = 0.0
-    ttl_seconds: float = 300.0
-
-
+# Set by the CLI from the ``lease.*`` settings and ``--wait``.
 CONFIGURED = LeaseSettings()
 
 
@@ -135,13 +130,11 @@ class _S3:
 
 class _Hadoop:
     def __init__(self, spark: Any, path: str):
-        jvm = spark.sparkContext._jvm
-        self.path = jvm.org.apache.hadoop.fs.Path(path)
-        self.fs = self.path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-        self.jvm = jvm
+        self.spark, self.path = spark, path
+        self.fs, self.hadoop_path = fs._hadoop_path(spark, path)
 
     def _write(self, text: str, overwrite: bool) -> None:
-        out = self.fs.create(self.path, overwrite)
+        out = self.fs.create(self.hadoop_path, overwrite)
         try:
             out.write(bytearray(text.encode()))
         finally:
@@ -157,20 +150,13 @@ class _Hadoop:
         return True
 
     def read(self) -> str | None:
-        if not self.fs.exists(self.path):
-            return None
-        stream = self.fs.open(self.path)
-        try:
-            reader = self.jvm.java.io.BufferedReader(self.jvm.java.io.InputStreamReader(stream, "UTF-8"))
-            return "".join(iter(reader.readLine, None))
-        finally:
-            stream.close()
+        return fs.read_text(self.spark, self.path) if fs.exists(self.spark, self.path) else None
 
     def overwrite(self, text: str) -> None:
         self._write(text, True)
 
     def delete(self) -> None:
-        self.fs.delete(self.path, False)
+        self.fs.delete(self.hadoop_path, False)
 
 
 def _store(spark: Any, root: str) -> Any:
