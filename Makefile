@@ -8,7 +8,12 @@ DEMO_LANDING ?= data/landing
 
 .PHONY: install demo test test-fast lint bench package clean
 
+# System packages the tests need: headless Chromium (Debian's package) for the browser test.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(STAMP): setup.cfg pyproject.toml
+	@command -v chromium > /dev/null || $(SUDO) sh -c 'apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
@@ -36,9 +41,9 @@ lint: install
 test: lint
 	$(BIN)/pytest --durations=15
 
-# The inner loop: transforms and job tests, no subprocess, cluster, notebook or slow job test.
+# The inner loop: transforms, job and collector tests, no subprocess, cluster, notebook or slow job test.
 test-fast: install
-	$(BIN)/pytest -m "not e2e and not cluster and not notebook and not slow" tests/transforms tests/jobs
+	$(BIN)/pytest -m "not e2e and not cluster and not notebook and not slow" tests/transforms tests/jobs tests/collector
 
 clean:
 	rm -rf data dist spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

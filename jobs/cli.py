@@ -549,6 +549,19 @@ def maintain_command(runtime: Runtime, table: str | None) -> None:
           f"{r.seconds:.1f}"] for r in results]))
 
 
+# -- serve -------------------------------------------------------------------------------------
+@cli.command("serve")
+@click.option("--host", default=None, help="Address to bind (default collector.host).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port (default collector.port).")
+@pass_runtime
+def serve(runtime: Runtime, host: str | None, port: int | None) -> None:
+    """Run the event collector: POST /api/events, /oauth/token, the Segment API, /p.gif,
+    /collector.js, /healthz, /metrics. Stops gracefully (files flushed and rolled) on Ctrl-C or SIGTERM."""
+    from jobs.collector.serve import serve as run_collector
+
+    run_collector(runtime.settings, host, port)
+
+
 # -- bench -------------------------------------------------------------------------------------
 @cli.command("bench")
 @click.option("--events", default=1_000_000, show_default=True, type=click.IntRange(min=1000),
@@ -558,13 +571,25 @@ def maintain_command(runtime: Runtime, table: str | None) -> None:
                    "bench did not make is refused).")
 @click.option("--out", default="bench/results", show_default=True, type=click.Path(file_okay=False),
               help="Where the JSON and Markdown results go.")
+@click.option("--collector", is_flag=True, help="Benchmark the event collector instead (no Spark): events/s in "
+              "batches of 100, single-event requests/s, latency at half that rate.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=1),
+              help="With --collector: length of each measurement.")
 @pass_runtime
-def bench(runtime: Runtime, events: int, workdir: str, out: str) -> None:
+def bench(runtime: Runtime, events: int, workdir: str, out: str, collector: bool, seconds: float) -> None:
     """Benchmark the pipeline against a bare read+append floor, full and 1 % incremental."""
     from jobs.tools import owned_folder
     from jobs.tools.bench import markdown, run_bench, write
 
     folder = owned_folder(Path(workdir).resolve(), "bench")  # refused before Spark starts
+    if collector:
+        from jobs.tools import collector_bench
+
+        result = collector_bench.run_collector_bench(runtime.settings, folder, seconds)
+        json_path, md_path = write(result, Path(out), "collector", collector_bench.markdown)
+        click.echo(collector_bench.markdown(result))
+        click.echo(f"results: {json_path}, {md_path}")
+        return
     result = run_bench(runtime.spark, runtime.settings, events, folder)
     json_path, md_path = write(result, Path(out))
     click.echo(markdown(result))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +158,37 @@ def demo_lakehouse(spark, tmp_path_factory: pytest.TempPathFactory) -> DemoLakeh
         outputs[name] = result.output
     manifest = json.loads((base / "landing" / "manifest.json").read_text())
     return DemoLakehouse(base, conf, manifest, outputs)
+
+
+@pytest.fixture
+def start_collector(make_settings: Callable[..., Settings], tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
+    """Starts a collector with the test keys (``*extra`` are more ``--set`` overrides)."""
+    import uvicorn
+
+    from jobs.collector.app import create_app
+    from tests.collector.support import ENV_KEY, TOKEN_KEY, Collector, collector_overrides, free_port
+
+    monkeypatch.setenv("TEST_COLLECTOR_APP_KEY", ENV_KEY)
+    monkeypatch.setenv("LAKEHOUSE_COLLECTOR_TOKEN_KEY", TOKEN_KEY)
+    started: list[Collector] = []
+
+    def start(*extra: str) -> Collector:  # a tests.collector.support.Collector
+        settings = make_settings(*collector_overrides(tmp_path, *extra))
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                               log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the collector did not start")
+            time.sleep(0.01)
+        collector = Collector(f"http://127.0.0.1:{port}", settings, server, thread)
+        started.append(collector)
+        return collector
+
+    yield start
+    for collector in started:
+        collector.stop()

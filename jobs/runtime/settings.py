@@ -76,7 +76,7 @@ class SparkSettings(Frozen):
 
 
 class IngestSettings(Frozen):
-    event_sources: tuple[str, ...] = ("web",)
+    event_sources: tuple[str, ...] = ("web", "collector")
     crm_sources: tuple[str, ...] = ("crm",)
     max_files_per_batch: int = Field(default=1000, gt=0, description="Files landed per micro-batch at most.")
     max_file_age: str = Field(
@@ -261,6 +261,64 @@ class SyncSettings(Frozen):
         default=50, ge=1, description="Ledger batches after which a sync folds them into ops.sync_state.")
 
 
+class CollectorKey(Frozen):
+    """One credential the collector accepts: the SHA-256 of the key (hex), or the name of the
+    environment variable (or secret) holding the key itself. Never the key."""
+
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
+    env: str | None = Field(default=None, description="Name of the variable holding the key.")
+    scopes: tuple[str, ...] = Field(default=("events:write",), description="What the key (or client) may do.")
+
+    _env_name = field_validator("env")(classmethod(lambda cls, name: name if name is None else _env_var_name(name)))
+
+    @model_validator(mode="after")
+    def _one_way(self) -> CollectorKey:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("give exactly one of sha256 (the key's hex SHA-256) or env (the variable holding it)")
+        return self
+
+
+class CollectorSite(Frozen):
+    """A website sending from the browser (pixel, collector.js) with a public write key."""
+
+    write_key: str = Field(min_length=8, description="Public key the site's pages carry (not a secret).")
+    origins: tuple[str, ...] = Field(default=(), description="Allowed origins, e.g. https://shop.example.com.")
+
+
+class CollectorSettings(Frozen):
+    host: str = Field(default="127.0.0.1", description="Address uvicorn binds (0.0.0.0 behind a load balancer).")
+    port: int = Field(default=8787, ge=0, le=65535)
+    instance: str | None = Field(default=None, description="Name in this instance's file names "
+                                 "(default: host name and port); unique per instance writing one landing root.")
+    events_path: str = Field(default="events/collector", description="Event files, under landing.root.")
+    profiles_path: str = Field(default="crm/collector", description="Profile (identify) files, under landing.root.")
+    spool_dir: str = Field(default="data/collector-spool", description="Local folder where files are written "
+                           "and fsync'd before going up, when landing.root is on object storage.")
+    max_batch_events: int = Field(default=500, gt=0, description="Events per request at most (413 above).")
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Request body size at most (413 above).")
+    roll_bytes: int = Field(default=16 * 1024 * 1024, gt=0, description="A landing file is closed at this size...")
+    roll_seconds: float = Field(default=30, gt=0, description="...or this long after its first line.")
+    api_keys: dict[str, CollectorKey] = Field(default_factory=dict, description="Source name -> server-side key "
+                                              "(Bearer, X-API-Key, or a Segment write key).")
+    oauth_clients: dict[str, CollectorKey] = Field(default_factory=dict,
+                                                   description="OAuth 2.0 client id -> its secret.")
+    token_key_env: str = Field(default="LAKEHOUSE_COLLECTOR_TOKEN_KEY",
+                               description="Variable holding the key that signs access tokens.")
+    previous_token_key_env: str | None = Field(default=None, description="During a rotation: the variable holding "
+                                               "the previous key, whose tokens stay valid until they expire.")
+    token_ttl_seconds: int = Field(default=900, gt=0, le=86400, description="Lifetime of an access token.")
+    sites: dict[str, CollectorSite] = Field(default_factory=dict, description="Site name -> browser write key.")
+    rate_per_second: float = Field(default=500, gt=0, description="Events per second per key, sustained.")
+    rate_burst: int = Field(default=2000, gt=0, description="Events per key in a burst.")
+    dedup_ids: int = Field(default=200_000, ge=0, description="Recent event ids remembered, so a client's retry "
+                           "of a batch already on disk is not written twice.")
+    trust_forwarded_for: bool = Field(default=False, description="Take the client address from X-Forwarded-For "
+                                      "(only behind a load balancer that sets it).")
+
+    _token_names = field_validator("token_key_env", "previous_token_key_env")(
+        classmethod(lambda cls, name: name if name is None else _env_var_name(name)))
+
+
 class SourceSettings(Frozen):
     """One landing source: where its files are and how their fields map to bronze columns."""
 
@@ -269,6 +327,8 @@ class SourceSettings(Frozen):
     format: Literal["json", "csv"]
     path: str | None = Field(default=None, description="Folder under landing.root (or a URI).")
     description: str = ""
+    optional: bool = Field(default=False, description="A missing folder is no new files, not an error (a "
+                           "folder that exists once something writes there, like the collector's).")
     options: dict[str, str] = Field(default_factory=dict, description="CSV reader options.")
     encoding: str = Field(default="UTF-8", description="Character set of a CSV source's files, header included "
                           "(JSON lines are UTF-8).")
@@ -325,6 +385,7 @@ class Settings(Frozen):
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     destinations: DestinationsSettings = Field(default_factory=DestinationsSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
     rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 

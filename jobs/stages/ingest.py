@@ -132,7 +132,13 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
 
     landing_path = settings.source_path(source)
     if not fs.exists(spark, landing_path):
+        if source.optional:
+            stage.details.setdefault("sources", []).append(
+                {"source": source.name, "table": BRONZE_TABLES[source.kind], "files": 0, "rows": 0, "corrupt": 0,
+                 "batches": 0, "version": "-", "note": f"no folder {landing_path} yet"})
+            return
         raise _missing(settings, source)
+    others = nested_sources(settings, source)
     root = settings.lakehouse.root
     key = BRONZE_TABLES[source.kind]
     ensure_table(spark, root, key)
@@ -154,7 +160,8 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
 
     def land(batch: Batch) -> None:
         paths = [r["path"] for r in batch.df.collect()]  # one row per file: metadata, never data
-        files = [p for p in paths if p.lower().endswith(SUFFIXES[source.format])]
+        files = [p for p in paths if p.lower().endswith(SUFFIXES[source.format])
+                 and not any(_under(p, folder) for folder in others)]
         if not files:
             return
         try:
@@ -179,6 +186,24 @@ def ingest_source(spark: SparkSession, settings: Settings, source: SourceSetting
         stage.metrics[f"{source.name}.{name}"] = value
     stage.details.setdefault("sources", []).append(
         {"source": source.name, "table": key, **totals, "version": stage.versions[key]})
+
+
+def nested_sources(settings: Settings, source: SourceSettings) -> list[str]:
+    """Folders of the other configured sources inside this source's folder (``events/collector``
+    inside ``events``): their files are theirs, not this source's too."""
+    own = settings.source_path(source).rstrip("/") + "/"
+    return [path for other in settings.sources.values() if other.name != source.name
+            and (path := settings.source_path(other).rstrip("/") + "/").startswith(own)]
+
+
+def _under(file_uri: str, folder: str) -> bool:
+    """Is the file Spark listed (``file:/a/b%20c/x.json``, ``s3a://b/k``) inside ``folder``?"""
+    from urllib.parse import unquote
+
+    path = unquote(file_uri)
+    if path.startswith("file:") and not folder.startswith("file:"):
+        path = "/" + path.removeprefix("file:").lstrip("/")
+    return path.startswith(folder)
 
 
 def _unreadable(spark: SparkSession, source: SourceSettings, files: list[str]) -> dict[str, str]:
@@ -234,7 +259,7 @@ def check_local_landing(settings: Settings, kind: str, source_name: str | None =
     are checked through Hadoop once Spark is up)."""
     for source in sources_to_land(settings, kind, source_name):
         scheme, _, rest = settings.source_path(source).rpartition(":")
-        if scheme in ("", "file") and not Path(rest).exists():
+        if scheme in ("", "file") and not Path(rest).exists() and not source.optional:
             raise _missing(settings, source)
 
 
@@ -257,13 +282,14 @@ def landed_files(spark: SparkSession, settings: Settings, source: SourceSettings
     from the stream's checkpoint (files per batch) and bronze's commits (batch -> version)."""
     folder = f"{checkpoint_path(settings.lakehouse.root, stream_name(source))}/sources/0"
     batch_of: dict[str, int] = {}
+    others = nested_sources(settings, source)
     for name in fs.list_names(spark, folder):
         if name.startswith(".") or not name.split(".")[0].isdigit():
             continue
         for line in fs.read_text(spark, f"{folder}/{name}").splitlines()[1:]:
             entry = json.loads(line)
             path = entry["path"]
-            if path.lower().endswith(SUFFIXES[source.format]):  # others were seen and passed over
+            if path.lower().endswith(SUFFIXES[source.format]) and not any(_under(path, f) for f in others):
                 batch_of[path.replace("file:///", "file:/", 1)] = int(entry["batchId"])
     quarantined = {r["path"].replace("file:///", "file:/", 1) for r in read_or_empty(
         spark, settings.lakehouse.root, QUARANTINE).where(F.col("source") == source.name).select("path").collect()}

@@ -24,6 +24,7 @@ import resource
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -188,10 +189,11 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
+def write(result: dict[str, Any], out: Path, name: str | None = None,
+          render: Callable[[dict[str, Any]], str] | None = None) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench-{result['events_requested']}"
+    stem = out / f"bench-{name or result['events_requested']}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    md_path.write_text(markdown(result))
+    md_path.write_text((render or markdown)(result))
     return json_path, md_path

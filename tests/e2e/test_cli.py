@@ -115,7 +115,7 @@ def test_package_and_bench_refuse_a_folder_they_did_not_make(tmp_path, command):
 def test_unknown_source_is_a_one_line_error(tmp_path):
     result = _run(*_roots(tmp_path), "ingest", "events", "--source", "nope")
     assert result.exit_code == 2
-    assert result.output.strip() == "error: unknown events source 'nope' (configured: rees46, web)"
+    assert result.output.strip() == "error: unknown events source 'nope' (configured: collector, rees46, web)"
 
 
 def _script(*args, cwd):

@@ -113,7 +113,7 @@ def test_source_lookup_checks_the_kind():
     assert settings.source("rees46", "events").format == "csv"
     with pytest.raises(ConfigError, match="source 'crm' holds crm, not events"):
         settings.source("crm", "events")
-    with pytest.raises(ConfigError, match=r"unknown events source 'nope' \(configured: rees46, web\)"):
+    with pytest.raises(ConfigError, match=r"unknown events source 'nope' \(configured: collector, rees46, web\)"):
         settings.source("nope", "events")
 
 

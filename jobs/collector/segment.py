@@ -1,0 +1,61 @@
+"""Segment's HTTP tracking API (``/v1/track``, ``/v1/page``, ``/v1/screen``, ``/v1/identify``,
+``/v1/batch``) mapped onto our events, so a site already running a Segment-style SDK can point
+it at the collector.
+
+=================  ===========================================================================
+Segment            event line
+=================  ===========================================================================
+messageId          event_id (a retry carries the same one)
+userId             customer_id
+anonymousId        anonymous_id
+timestamp          timestamp (else originalTimestamp, sentAt, receivedAt)
+track ``event``    event_type as sent ("Product Added"); silver maps it through
+                   ``rules/event_types.yaml`` like every feed's names
+page / screen      event_type ``page_view``; url from properties.url or context.page.url
+identify           event_type ``identify``: links anonymousId to userId (identity stitching);
+                   its traits stay in properties
+properties         properties (product_id, price, quantity, currency, category, order_id, …)
+context.userAgent  user_agent; context.page.url: url
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PAGE_TYPES = {"page", "screen"}
+
+
+def to_event(call: Any) -> Any:
+    """One Segment call -> an event payload for :class:`jobs.collector.models.Event` (an input
+    that is not a call is handed on as it is, to be refused by validation with its path)."""
+    if not isinstance(call, dict):
+        return call
+    kind = call.get("type")
+    context = call.get("context") if isinstance(call.get("context"), dict) else {}
+    page = context.get("page") if isinstance(context.get("page"), dict) else {}
+    properties = dict(call.get("properties") or {}) if isinstance(call.get("properties"), dict) else {}
+    if kind == "identify":
+        traits = call.get("traits") if isinstance(call.get("traits"), dict) else {}
+        properties = {f"trait.{name}": value for name, value in traits.items()}
+    event: dict[str, Any] = {
+        "event_id": call.get("messageId"),
+        "customer_id": call.get("userId"),
+        "anonymous_id": call.get("anonymousId"),
+        "session_id": properties.pop("session_id", None) or context.get("session_id"),
+        "event_type": "page_view" if kind in PAGE_TYPES else "identify" if kind == "identify" else call.get("event"),
+        "timestamp": next((call[k] for k in ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+                           if call.get(k)), None),
+        "product_id": properties.get("product_id") or properties.get("sku"),
+        "url": properties.get("url") or page.get("url"),
+        "user_agent": context.get("userAgent"),
+        "properties": properties,
+    }
+    if kind not in ("track", "identify", *PAGE_TYPES):
+        event["event_type"] = None  # refused: names the call type below
+        event["properties"] = {**properties, "segment_type": kind}
+    if kind in PAGE_TYPES:
+        for field in ("name", "category"):
+            if call.get(field):
+                event["properties"][f"page_{field}"] = call[field]
+    return {key: value for key, value in event.items() if value is not None}

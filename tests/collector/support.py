@@ -1,0 +1,63 @@
+"""The collector tests' keys and a handle on a running collector (the fixture is in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.runtime.settings import Settings
+
+API_KEY = "test-web-key-0123456789"
+ENV_KEY = "test-app-key-abcdefghij"
+CLIENT_SECRET = "client-secret-0123456789"
+TOKEN_KEY = "token-signing-key-0123456789abcdef0123"
+SITE_KEY = "site-public-key-1"
+
+
+def collector_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    web = hashlib.sha256(API_KEY.encode()).hexdigest()
+    client = hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()
+    return [
+        f"collector.api_keys={json.dumps({'web': {'sha256': web}, 'app': {'env': 'TEST_COLLECTOR_APP_KEY'}, 'reader': {'sha256': hashlib.sha256(b'reader-key-0123').hexdigest(), 'scopes': ['events:read']}})}",
+        f"collector.oauth_clients={json.dumps({'shop-backend': {'sha256': client}, 'dashboard': {'sha256': client, 'scopes': ['events:read']}})}",
+        f"collector.sites={json.dumps({'shop': {'write_key': SITE_KEY, 'origins': ['http://127.0.0.1:1']}})}",
+        "collector.roll_seconds=0.5",
+        "collector.instance=test",
+        *extra,
+    ]
+
+
+@dataclass
+class Collector:
+    url: str
+    settings: Settings
+    server: object
+    thread: threading.Thread
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.settings.landing.root) / self.settings.collector.events_path
+
+    def lines(self) -> list[dict]:
+        """Every line of the rolled files."""
+        return [json.loads(line) for path in sorted(self.folder.glob("*/*.ndjson"))
+                for line in path.read_text().splitlines()]
+
+    def written(self) -> bytes:
+        """Every byte on disk, rolled or still open."""
+        return b"".join(p.read_bytes() for p in sorted(self.folder.rglob("*")) if p.is_file())
+
+    def stop(self) -> None:
+        """Graceful shutdown: what is open is flushed and rolled."""
+        self.server.should_exit = True  # type: ignore[attr-defined]
+        self.thread.join(20)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
