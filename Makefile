@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_LANDING ?= data/landing
 
-.PHONY: install demo test test-fast lint bench package clean
+.PHONY: install demo demo-live test test-fast lint bench bench-stream package clean
 
 # System packages the tests need: headless Chromium (Debian's package) for the browser test.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -27,10 +27,19 @@ demo: install
 	$(BIN)/lakehouse run --sync file
 	$(BIN)/lakehouse tables
 
+# The collector and the stream on the demo lakehouse: two events sent over HTTP change two segments.
+demo-live: install
+	@test -d data/lakehouse/gold || $(MAKE) demo
+	$(BIN)/lakehouse demo live
+
 # Not a test: prints timings (EVENTS=5000000 make bench for the memory check).
 EVENTS ?= 1000000
 bench: install
 	$(BIN)/lakehouse bench --events $(EVENTS)
+
+# Not a test: latency from a POST to the collector to a Klaviyo list change, through lakehouse stream.
+bench-stream: install
+	$(BIN)/python -m tests.benchmarks.stream_latency
 
 package: install
 	$(BIN)/lakehouse package --out dist/spark

@@ -61,6 +61,26 @@ class UtcTimestamp(click.ParamType):
         return parsed.astimezone(UTC)
 
 
+class Duration(click.ParamType):
+    """``5s``, ``500ms``, ``2m`` or plain seconds, as seconds."""
+
+    name = "DURATION"
+    UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        number, unit = text.rstrip("smh"), text[len(text.rstrip("smh")):] or "s"
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a duration (e.g. 5s, 500ms, 2m)", param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} is not a positive duration", param, ctx)
+        return seconds
+
+
 class Runtime:
     """Settings and Spark, made on first use so that ``--help`` and bad arguments stay fast."""
 
@@ -139,6 +159,25 @@ def demo_generate(out: Path, customers: int, days: int, events_per_day: int, see
         f"wrote {events['lines']:,} event lines ({events['valid']:,} clean) in "
         f"{len(manifest['files']['events'])} files and {crm['rows']:,} CRM rows to {out}"
     )
+
+
+@demo.command("live")
+@click.option("--trigger", default="5s", show_default=True, type=Duration(), help="The stream's trigger.")
+@pass_runtime
+def demo_live(runtime: Runtime, trigger: float) -> None:
+    """Start the collector and the stream on the demo lakehouse, send two events over HTTP, and
+    watch two segment memberships change live (run `make demo` first)."""
+    import threading
+
+    from jobs.stages.stream import stop_on_signals
+    from jobs.tools.live_demo import live_demo
+
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    try:
+        live_demo(runtime.spark, runtime.settings, trigger, click.echo, stop)
+    finally:
+        restore()
 
 
 # -- ingest ------------------------------------------------------------------------------------
@@ -406,6 +445,53 @@ def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], allo
     segment_stage = next(s for s in stages if s.stage == "segment")
     click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in segment_stage.segments]))
     _warn(*stages)
+
+
+# -- stream ------------------------------------------------------------------------------------
+@cli.command("stream")
+@click.option("--trigger", default="5s", show_default=True, type=Duration(),
+              help="Start a tick this often (a slower tick is followed at once by the next).")
+@click.option("--sync", "sync_to", multiple=True, metavar="DEST",
+              help="Each tick, sync the changes to this destination (repeatable).")
+@click.option("--allow-large-change", is_flag=True, help="As for run: let the syncs remove more than the limit.")
+@click.option("--max-ticks", type=click.IntRange(min=1), default=None, help="Stop after this many ticks.")
+@click.option("--verbose", "-v", is_flag=True, help="A line for every tick, not only those that changed something.")
+@pass_runtime
+def stream_command(runtime: Runtime, trigger: float, sync_to: tuple[str, ...], allow_large_change: bool,
+                   max_ticks: int | None, verbose: bool) -> None:
+    """Keep the pipeline running: every trigger, new landing files -> bronze -> silver -> features ->
+    segments (-> sync), as of that moment. Ctrl-C or SIGTERM stop it after the current tick."""
+    import threading
+
+    from jobs.destinations import destination
+    from jobs.stages.stream import Tick, stop_on_signals, stream
+
+    settings = runtime.settings
+    for name in sync_to:
+        destination(settings, name)  # an unknown destination fails before Spark starts
+    spark = runtime.spark
+
+    def report(tick: Tick) -> None:
+        if not (verbose or tick.commits):
+            return
+        by_stage = {s.stage: s for s in tick.stages}
+        moves = ", ".join(f"{sid} +{entered} -{exited}" for sid, _, entered, exited in by_stage["segment"].segments
+                          if entered or exited)
+        synced = ", ".join(f"{s.stage} {sum(r[1] + r[2] + r[3] for r in s.sync)} changes" for s in tick.stages
+                           if s.stage.startswith("sync:"))
+        click.echo(f"tick {tick.number} as of {tick.as_of:%Y-%m-%dT%H:%M:%SZ}: "
+                   f"{by_stage['ingest'].rows_out} landed, {by_stage['cleanse'].rows_out} cleansed"
+                   f"{'; ' + moves if moves else ''}{'; ' + synced if synced else ''} ({tick.seconds:.1f} s)")
+        _warn(*tick.stages)
+
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    click.echo(f"streaming every {trigger:g} s (Ctrl-C stops after the current tick)", err=True)
+    try:
+        ticks = stream(spark, settings, trigger, sync_to, allow_large_change, stop, max_ticks, report)
+    finally:
+        restore()
+    click.echo(f"stopped after {ticks} ticks", err=True)
 
 
 # -- sync --------------------------------------------------------------------------------------

@@ -137,6 +137,8 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
 
     async def land(request: Request, principal: Principal, items: list[Any], prefix: str,
                    to_event: Callable[[Any], Any] = lambda item: item) -> tuple[int, dict[str, Any]]:
+        """Validate, limit, dedup, write, answer. Only a browser's own requests say who the shopper's
+        user agent is; a backend's (curl, an SDK) would make every event look like a bot."""
         if len(items) > config.max_batch_events:
             raise Problem(413, "too_many_events", f"{len(items)} events in one request; at most "
                           f"{config.max_batch_events} (collector.max_batch_events)")
@@ -148,7 +150,8 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
             raise Problem(429, "rate_limited", f"more than {config.rate_per_second:g} events/s for "
                           f"{principal.name!r}; retry after {wait:g} s", headers={"Retry-After": str(int(wait))})
         received = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        agent, client = request.headers.get("user-agent"), _client_ip(request, config)
+        agent = request.headers.get("user-agent") if principal.kind == "site" else None
+        client = _client_ip(request, config)
         results: list[dict[str, Any]] = list(refused)
         lines, fresh, seen_here = [], [], set()
         for index, event in valid:

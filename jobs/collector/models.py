@@ -73,7 +73,8 @@ class Event(BaseModel):
     timestamp: str | int | float = Field(description="ISO 8601 or epoch milliseconds.")
     product_id: Text = Field(default=None, max_length=MAX_TEXT)
     url: Text = Field(default=None, max_length=4096)
-    user_agent: Text = Field(default=None, max_length=1024, description="Default: the request's User-Agent.")
+    user_agent: Text = Field(default=None, max_length=1024, description="The shopper's browser; from a browser "
+                             "(collector.js, the pixel) the request's User-Agent when absent.")
     properties: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("timestamp")

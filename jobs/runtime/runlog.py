@@ -159,11 +159,13 @@ class Run:
 
 
 @contextmanager
-def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | None = None) -> Iterator[Run]:
+def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | None = None,
+             quiet_when_idle: bool = False) -> Iterator[Run]:
     """A command's :class:`Run`, holding the lakehouse's writer lease (:mod:`jobs.runtime.lease`)
     throughout; its rows are appended to ``ops.job_runs`` in one commit when it ends, whether it
     succeeded or failed (a driver killed outright records nothing here, but every data commit it
-    made carries its run id). A command refused the lease records nothing."""
+    made carries its run id). A command refused the lease records nothing; with
+    ``quiet_when_idle`` (a streaming tick), neither does one that succeeded without a commit."""
     from jobs.runtime.lease import writer_lease
 
     run = Run(spark, root, job, env, **({"run_id": run_id} if run_id else {}))
@@ -175,7 +177,9 @@ def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | N
             failure = exc
             raise
         finally:
-            _record(spark, root, run, failure)
+            idle = failure is None and not any(stage.commits for stage in run.stages)
+            if not (quiet_when_idle and idle):
+                _record(spark, root, run, failure)
 
 
 def recorded_outcomes(spark: SparkSession, root: str) -> dict[str, dict[str, Any]]:

@@ -82,7 +82,9 @@ def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str
 
 
 def run_pipeline(spark: SparkSession, settings: Settings, as_of: datetime,
-                 sync_to: tuple[str, ...] = (), allow_large_change: bool = False) -> list[StageResult]:
-    """The whole pipeline as one command (``job`` ``run``): one ``ops.job_runs`` commit at the end."""
-    with recorded(spark, settings.lakehouse.root, "run", settings.env) as run:
+                 sync_to: tuple[str, ...] = (), allow_large_change: bool = False, job: str = "run"
+                 ) -> list[StageResult]:
+    """The whole pipeline as one command (``job`` ``run``): one ``ops.job_runs`` commit at the end
+    (for a ``stream`` tick, only when it committed something or failed)."""
+    with recorded(spark, settings.lakehouse.root, job, settings.env, quiet_when_idle=job == "stream") as run:
         return run_stages(run, settings, as_of, sync_to, allow_large_change)

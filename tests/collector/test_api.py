@@ -29,8 +29,9 @@ def token(client, client_id: str = "shop-backend", secret: str = CLIENT_SECRET, 
 def test_a_batch_is_on_disk_before_the_answer_and_lands_as_whole_lines(start_collector):
     collector = start_collector()
     with httpx.Client(base_url=collector.url) as client:
-        answer = client.post("/api/events", headers={**bearer(), "User-Agent": "shop/1.0"},
-                             json={"events": [EVENT, {**EVENT, "event_id": "mine-1"}, {**EVENT, "product_id": "p2"}]})
+        answer = client.post("/api/events", headers={**bearer(), "User-Agent": "python-requests/2.32"},
+                             json={"events": [EVENT, {**EVENT, "event_id": "mine-1", "user_agent": "Mozilla/5.0 (X11)"},
+                                              {**EVENT, "product_id": "p2"}]})
         on_disk = collector.written()  # read right after the 2xx, before any roll
 
     assert answer.status_code == 200
@@ -43,7 +44,8 @@ def test_a_batch_is_on_disk_before_the_answer_and_lands_as_whole_lines(start_col
     collector.stop()
     lines = collector.lines()
     assert [line["event_id"] for line in lines] == ids
-    assert lines[0]["user_agent"] == "shop/1.0"
+    assert "user_agent" not in lines[0]  # a backend's own agent says nothing about the shopper (nor is a bot)
+    assert lines[1]["user_agent"] == "Mozilla/5.0 (X11)"
     assert lines[0]["_client_ip"] == "127.0.0.0"  # truncated to the /24
     assert lines[0]["_key"] == "web"
     assert lines[0]["properties"] == {"price": 19.5, "currency": "EUR"}
@@ -222,6 +224,7 @@ def test_the_pixel_the_snippet_and_cors(start_collector):
     view, product, browser = collector.lines()
     assert (view["event_type"], view["url"], view["session_id"], view["_key"]) == (
         "page_view", "https://shop.example/a", "s9", "shop")
+    assert view["user_agent"].startswith("python-httpx/")  # from a browser path, the request's agent
     assert product["anonymous_id"] == view["anonymous_id"]  # the cookie set by the first answer
     assert (product["product_id"], product["properties"]) == ("p7", {"category": "shoes"})
     assert browser["anonymous_id"] == "a1"

@@ -33,7 +33,7 @@ def test_collector_files_land_once_whole_and_as_their_own_source(spark, start_co
     (web / "feed.json").write_text(json.dumps({**EVENT, "event_id": "from-feed"}) + "\n")
     with httpx.Client(base_url=collector.url) as client:
         sent = client.post("/api/events", headers={**bearer(), "User-Agent": "ua/1"},
-                           json={"events": [{**EVENT, "event_id": f"c{i}", "extra": i} for i in range(3)]})
+                           json={"events": [{**EVENT, "event_id": f"c{i}", "extra": i, "user_agent": "ua/1"} for i in range(3)]})
     assert sent.status_code == 200
 
     first = ingest(spark, settings, "events")  # the collector's file is still open: hidden

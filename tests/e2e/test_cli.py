@@ -112,6 +112,29 @@ def test_package_and_bench_refuse_a_folder_they_did_not_make(tmp_path, command):
     assert (project / "conf" / "prod.yaml").is_file()  # nothing deleted
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["stream", "--trigger", "soon"], "'soon' is not a duration (e.g. 5s, 500ms, 2m)"),
+    (["stream", "--trigger", "0s"], "'0s' is not a positive duration"),
+    (["stream", "--sync", "mailchimp"], "error: unknown destination"),
+    (["serve", "--set-nothing"], "No such option"),
+])
+def test_stream_and_serve_refuse_bad_arguments_before_starting_anything(tmp_path, args, message):
+    result = _run(*_roots(tmp_path), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "lakehouse").exists()
+
+
+def test_serve_refuses_a_token_key_it_cannot_read(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAKEHOUSE_COLLECTOR_TOKEN_KEY", raising=False)
+    clients = '{"shop": {"env": "SHOP_SECRET"}}'
+    monkeypatch.setenv("SHOP_SECRET", "s" * 20)
+    result = _run(*_roots(tmp_path), "--set", f"collector.oauth_clients={clients}", "serve", "--port", "1")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: collector.token_key_env: ") and "LAKEHOUSE_COLLECTOR_TOKEN_KEY" in result.output
+    assert "s" * 20 not in result.output
+
+
 def test_unknown_source_is_a_one_line_error(tmp_path):
     result = _run(*_roots(tmp_path), "ingest", "events", "--source", "nope")
     assert result.exit_code == 2

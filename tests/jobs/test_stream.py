@@ -1,0 +1,90 @@
+"""``lakehouse stream``: ticks of the same pipeline; time moves segments without events; a signal
+stops it after the tick it interrupts; a restart continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs.runtime.tables import read_table
+from jobs.stages.stream import Tick, stop_on_signals, stream
+
+WINDOW_SECONDS = 12
+
+
+def _land(settings, name: str, events: list[dict]) -> None:
+    folder = Path(settings.landing.root) / "events"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def _abandoned(spark, settings) -> set[str]:
+    members = read_table(spark, settings.lakehouse.root, "gold.segment_membership")
+    return {r["customer_id"] for r in members.where(F.col("segment_id") == "abandoned_cart_24h").collect()}
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.mark.slow
+def test_a_cart_becomes_abandoned_by_time_alone_and_a_signal_stops_after_its_tick(spark, make_settings):
+    settings = make_settings(f"gold.abandonment_window_minutes={WINDOW_SECONDS / 60}")
+    crm = Path(settings.landing.root) / "crm"
+    crm.mkdir(parents=True)
+    (crm / "crm.csv").write_text("customer_id,email,email_consent,updated_at\nC1,c1@example.com,yes,2026-01-01\n")
+    added = datetime.now(UTC)
+    _land(settings, "cart.json", [{"event_id": "a1", "customer_id": "C1", "event_type": "add_to_cart",
+                                   "timestamp": _iso(added), "product_id": "p1", "session_id": "s1",
+                                   "properties": {"price": 20}}])
+    seen: list[tuple[int, set[str]]] = []
+
+    def on_tick(tick: Tick) -> None:
+        seen.append((tick.number, _abandoned(spark, settings)))
+        if tick.number == 1:  # no event will come: only time passes
+            time.sleep(max(0.0, (added + timedelta(seconds=WINDOW_SECONDS + 1) - datetime.now(UTC)).total_seconds()))
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()  # lands inside tick 2
+
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    try:
+        ticks = stream(spark, settings, trigger_seconds=0.1, stop=stop, max_ticks=5, on_tick=on_tick)
+    finally:
+        restore()
+
+    assert ticks == 2 and stop.is_set()  # the signal ended the stream after tick 2, which completed
+    assert seen == [(1, set()), (2, {"C1"})]  # tick 2 had no new event: the window passing moved C1
+    runs = read_table(spark, settings.lakehouse.root, "ops.job_runs").where(F.col("job") == "stream")
+    assert {r["status"] for r in runs.collect()} == {"succeeded"}
+
+    _land(settings, "purchase.json", [{"event_id": "b1", "customer_id": "C1", "event_type": "purchase",
+                                       "timestamp": _iso(datetime.now(UTC)), "product_id": "p1",
+                                       "properties": {"price": 20, "order_id": "o1"}}])
+    assert stream(spark, settings, trigger_seconds=0.1, max_ticks=1) == 1  # a restart continues
+    assert _abandoned(spark, settings) == set()
+    bronze = read_table(spark, settings.lakehouse.root, "bronze.events")
+    assert sorted(r["event_id"] for r in bronze.collect()) == ["a1", "b1"]  # each file once, across restarts
+
+
+def test_the_first_signal_asks_to_stop_and_the_second_interrupts():
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+    restore = stop_on_signals(stop)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGINT) is before
