@@ -113,6 +113,48 @@ def latest_per_customer(df: DataFrame) -> DataFrame:
     return df.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
 
 
+FILLABLE = ("email", "first_name", "last_name", "birth_date", "age", "city", "country", "email_consent")
+
+
+def fill_partial(previous: DataFrame) -> Transform:
+    """Partial records (``_partial``: a profile update that carries only the fields it changes,
+    such as a Segment ``identify`` call's traits) take each field they lack from the customer's
+    newest version before them — from ``previous`` (the history's versions: profile columns) or
+    from earlier records of the same batch — so a newer update of the email keeps the CRM's city
+    and consent. A full record (a CRM export) is taken as it is: a null there is a cleared field.
+
+    ====================================  =====================================
+    customer C1, in ``updated_at`` order   email / city / email_consent
+    ====================================  =====================================
+    CRM export (full)                      a@x / Boston / true
+    identify {email: b@x} (partial)        b@x / Boston / true
+    identify {unsubscribed: true}          b@x / Boston / false
+    ====================================  =====================================
+
+    Input and output: the parsed record columns plus ``_partial``; only the fillable profile
+    fields change.
+    """
+
+    def transform(records: DataFrame) -> DataFrame:
+        touched = records.select("customer_id").distinct()
+        old = (previous.join(touched, "customer_id", "left_semi")
+               .select("customer_id", "updated_at", *FILLABLE)
+               .withColumn("_partial", F.lit(False)).withColumn("_new", F.lit(0)))
+        timeline = (Window.partitionBy("customer_id").orderBy("updated_at", "_new", *LANDING_ORDER)
+                    .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+        filled = {
+            c: F.last(F.when(F.col(c).isNotNull() | ~F.col("_partial"), F.struct(F.col(c).alias("v"))),
+                      ignorenulls=True).over(timeline)["v"]
+            for c in FILLABLE
+        }
+        return (old.unionByName(records.withColumn("_new", F.lit(1)), allowMissingColumns=True)
+                .withColumns(filled)
+                .where(F.col("_new") == 1)
+                .select(*records.columns))
+
+    return transform
+
+
 def rebuild_history(existing: DataFrame, records: DataFrame) -> DataFrame:
     """SCD2 rows for every customer in ``records``: their existing versions plus the new ones,
     ordered by ``updated_at`` (not arrival), each valid until the next one.

@@ -7,6 +7,7 @@ retry), write and fsync, answer — so a refused request writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import ipaddress
 import json
@@ -99,7 +100,8 @@ def _hostname() -> str:
 def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastAPI:
     config = settings.collector
     auth = Authenticator(config, secrets or SecretSource(settings.secrets))
-    events_sink = landing_sink(settings, config.events_path)
+    sinks = {"events": landing_sink(settings, config.events_path),
+             "profiles": landing_sink(settings, config.profiles_path)}
     metrics, recent = Metrics(), RecentIds(config.dedup_ids)
     limiter = RateLimiter(config.rate_per_second, config.rate_burst)
     sites = {site.write_key: (name, site) for name, site in config.sites.items()}
@@ -107,15 +109,17 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await events_sink.open()
+        for sink in sinks.values():
+            await sink.open()
         try:
             yield
         finally:
-            await events_sink.close()
+            for sink in sinks.values():
+                await sink.close()
 
     app = FastAPI(title="email-lakehouse collector", version="1", lifespan=lifespan,
                   description="Behavioral events in; NDJSON landing files out. A 2xx means fsync'd to disk.")
-    app.state.sink, app.state.metrics = events_sink, metrics
+    app.state.sinks, app.state.metrics = sinks, metrics
 
     @app.middleware("http")
     async def measured(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -153,7 +157,8 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
         agent = request.headers.get("user-agent") if principal.kind == "site" else None
         client = _client_ip(request, config)
         results: list[dict[str, Any]] = list(refused)
-        lines, fresh, seen_here = [], [], set()
+        lines: dict[str, list[str]] = {}
+        fresh, seen_here = [], set()
         for index, event in valid:
             record = event.line(received, agent, client, principal.name)
             event_id = record["event_id"]
@@ -161,17 +166,18 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
                 results.append({"index": index, "status": "duplicate", "event_id": event_id})
                 continue
             seen_here.add(event_id)
-            lines.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+            lines.setdefault(event.sink, []).append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
             fresh.append(event_id)
             results.append({"index": index, "status": "accepted", "event_id": event_id})
         if lines:
             try:
-                await events_sink.append(("\n".join(lines) + "\n").encode())
+                await asyncio.gather(*[sinks[name].append(("\n".join(batch) + "\n").encode())
+                                       for name, batch in lines.items()])
             except OSError as exc:
                 raise Problem(503, "not_written", f"events not written ({exc.strerror or exc}); send them again",
                               headers={"Retry-After": "1"}) from None
             recent.add(fresh)
-            metrics.accepted[principal.name] += len(lines)
+            metrics.accepted[principal.name] += len(fresh)
         results.sort(key=lambda r: r["index"])
         accepted = sum(r["status"] != "refused" for r in results)
         status = 200 if not refused else 400 if not accepted else 207

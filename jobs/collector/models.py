@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -89,6 +89,8 @@ class Event(BaseModel):
             raise ValueError("needs customer_id or anonymous_id")
         return self
 
+    sink: ClassVar[str] = "events"
+
     def line(self, received_at: str, user_agent: str | None, client_ip: str | None, key: str) -> dict[str, Any]:
         record = self.model_dump(exclude_none=True)
         record.setdefault("event_id", uuid7())
@@ -106,19 +108,52 @@ if _MODEL_COLUMNS != EVENT_COLUMNS:  # the line must map 1:1 onto bronze
     raise ImportError(f"collector Event fields {_MODEL_COLUMNS} drifted from bronze's {EVENT_COLUMNS}")
 
 
+class ProfileCall(dict):
+    """A payload for :class:`Profile` rather than :class:`Event` (a Segment ``identify``)."""
+
+
+class Profile(BaseModel):
+    """A profile update (partial: only the fields it carries change), as the ``collector_profiles``
+    source lands it in ``bronze.crm``: the CRM columns, ``updated_at`` when it happened."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    sink: ClassVar[str] = "profiles"
+
+    event_id: Text = Field(default=None, max_length=128, description="The call's id (Segment messageId).")
+    customer_id: str = Field(min_length=1, max_length=MAX_TEXT, description="Whose profile (Segment userId).")
+    email: Text = Field(default=None, max_length=320)
+    first_name: Text = Field(default=None, max_length=MAX_TEXT)
+    last_name: Text = Field(default=None, max_length=MAX_TEXT)
+    birth_date: Text = Field(default=None, max_length=32)
+    city: Text = Field(default=None, max_length=MAX_TEXT)
+    country: Text = Field(default=None, max_length=MAX_TEXT)
+    email_consent: Text = Field(default=None, max_length=32)
+    updated_at: str | int | float
+
+    _readable_time = field_validator("updated_at")(classmethod(lambda cls, value: Event._readable_time(value)))
+
+    def line(self, received_at: str, user_agent: str | None, client_ip: str | None, key: str) -> dict[str, Any]:
+        record = self.model_dump(exclude_none=True)
+        record.setdefault("event_id", uuid7())
+        record.update(_received_at=received_at, _key=key)
+        return record
+
+
 class Batch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[Any]
 
 
-def validate_events(items: list[Any], prefix: str) -> tuple[list[tuple[int, Event]], list[dict[str, Any]]]:
-    """(index, event) of every valid item, and one refusal per invalid one naming its field paths."""
-    valid, refused = [], []
+def validate_events(items: list[Any], prefix: str) -> tuple[list[tuple[int, Event | Profile]], list[dict[str, Any]]]:
+    """(index, event or profile) of every valid item, and one refusal per invalid one naming its
+    field paths."""
+    valid: list[tuple[int, Event | Profile]] = []
+    refused = []
     for index, item in enumerate(items):
         where = f"{prefix}[{index}]" if prefix else ""
         try:
-            valid.append((index, Event.model_validate(item)))
+            valid.append((index, (Profile if isinstance(item, ProfileCall) else Event).model_validate(item)))
         except ValidationError as exc:
             refused.append({"index": index, "status": "refused", "errors": [
                 {"loc": ".".join(p for p in [where, *(str(part) for part in error["loc"])] if p) or "(event)",

@@ -11,7 +11,8 @@ renamed to ``{name}.ndjson`` in the same folder when it reaches ``roll_bytes`` o
 the last whole line before the error reaches the requests (503). After a crash, :meth:`Sink.open`
 cuts this instance's leftover ``.open`` files back to their last newline (a line without one was
 never answered) and rolls them. With ``publish`` (object storage), each rolled file is uploaded
-and removed; one that fails to go up stays and is retried at the next roll.
+and removed by a task beside the writer (a slow store delays files, never answers); one that fails
+to go up stays in the spool and is retried after the next roll and at shutdown.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Sink:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._publishing: asyncio.Task[None] | None = None
         self.rolled: list[Path] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -50,6 +52,7 @@ class Sink:
         await asyncio.to_thread(self.recover)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"sink {self.directory}")
+        self._publish_later()
 
     async def close(self) -> None:
         """Write what is waiting, roll the open file (graceful shutdown)."""
@@ -58,6 +61,10 @@ class Sink:
             self._wake.set()
         if self._task is not None:
             await self._task
+        if self._publishing is not None:
+            await self._publishing
+        if self.publish is not None:
+            await asyncio.to_thread(self._publish_all)  # a last try; what fails stays in the spool
 
     async def append(self, data: bytes) -> None:
         """Returns once ``data`` (whole lines) is fsync'd; raises OSError if it could not be."""
@@ -93,6 +100,13 @@ class Sink:
             if self._fd is not None and (self._size >= self.roll_bytes
                                          or time.monotonic() - self._opened >= self.roll_seconds):
                 await asyncio.to_thread(self._roll)
+                self._publish_later()
+
+    def _publish_later(self) -> None:
+        """Uploads run beside the writer, never in its way: a slow or failing store delays files,
+        not answers."""
+        if self.publish is not None and (self._publishing is None or self._publishing.done()):
+            self._publishing = asyncio.create_task(asyncio.to_thread(self._publish_all))
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
@@ -138,7 +152,6 @@ class Sink:
         os.replace(open_path, final_path)
         _fsync_dir(final_path.parent)
         self.rolled.append(final_path)
-        self._publish_all()
         return True
 
     def _publish_all(self) -> None:
@@ -165,7 +178,6 @@ class Sink:
             final = open_path.with_name(open_path.name[1:].removesuffix(".open") + ".ndjson")
             if self._finish(open_path, final):
                 recovered.append(final)
-        self._publish_all()
         return recovered
 
 

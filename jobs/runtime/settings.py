@@ -76,7 +76,7 @@ class SparkSettings(Frozen):
 
 
 class IngestSettings(Frozen):
-    event_sources: tuple[str, ...] = ("web", "collector")
+    event_sources: tuple[str, ...] = ("web",)
     crm_sources: tuple[str, ...] = ("crm",)
     max_files_per_batch: int = Field(default=1000, gt=0, description="Files landed per micro-batch at most.")
     max_file_age: str = Field(
@@ -329,6 +329,8 @@ class SourceSettings(Frozen):
     description: str = ""
     optional: bool = Field(default=False, description="A missing folder is no new files, not an error (a "
                            "folder that exists once something writes there, like the collector's).")
+    partial: bool = Field(default=False, description="crm only: a record carries only the fields it changes "
+                          "(the rest are kept from the customer's previous version), like Segment identify traits.")
     options: dict[str, str] = Field(default_factory=dict, description="CSV reader options.")
     encoding: str = Field(default="UTF-8", description="Character set of a CSV source's files, header included "
                           "(JSON lines are UTF-8).")

@@ -63,6 +63,7 @@ from jobs.runtime.tables import (
 from transforms.gold_state import STATE_EVENT_COLUMNS, daily_aggregates
 from transforms.silver_customers import (
     PROFILE_COLUMNS,
+    fill_partial,
     latest_per_customer,
     parse_customers,
     rebuild_history,
@@ -488,6 +489,8 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
         return tally
     for key in (CUSTOMERS, HISTORY, REJECTED_CUSTOMERS):
         ensure_table(spark, root, key)
+    # Sources whose records carry only the fields they change (Segment identify traits).
+    partial = sorted(name for name, source in settings.sources.items() if source.kind == "crm" and source.partial)
 
     def handle(batch: Batch) -> None:
         bronze_rows = batch.df.count()
@@ -495,6 +498,7 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
             batch.df.transform(parse_customers(
                 locations.cities, locations.countries, utc_now().date(),
                 latest=utc_now() + timedelta(minutes=settings.cleanse.max_clock_skew_minutes)))
+            .withColumn("_partial", F.col("source").isin(*partial) if partial else F.lit(False))
             .withColumn("_duplicate", F.lit(False))  # a CRM record is a version, never a duplicate
             .withColumn("_judged_at", F.when(F.size("_reasons") > 0, 0).otherwise(99))
             .withColumn("_neighbour", F.lit(False))
@@ -512,6 +516,10 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
             if outcomes["rejected"]:
                 written_rejected = append(rejected, root, REJECTED_CUSTOMERS, txn=batch.txn(REJECTED_CUSTOMERS))["rows"]
             usable = parsed.where(F.col("_outcome") == "silver")
+            if outcomes["silver"] and partial:
+                previous = (spark.read.format("delta").load(table_path(root, HISTORY))
+                            if holds_rows(spark, root, HISTORY) else spark.createDataFrame([], spec(HISTORY).schema))
+                usable = usable.transform(fill_partial(previous))
             if outcomes["silver"]:
                 newest = latest_per_customer(usable).select(*PROFILE_COLUMNS, "_source_file", "_ingested_at",
                                                             "_content_hash", "_batch_id")

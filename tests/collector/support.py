@@ -42,14 +42,15 @@ class Collector:
     def folder(self) -> Path:
         return Path(self.settings.landing.root) / self.settings.collector.events_path
 
-    def lines(self) -> list[dict]:
-        """Every line of the rolled files."""
-        return [json.loads(line) for path in sorted(self.folder.glob("*/*.ndjson"))
+    def lines(self, kind: str = "events") -> list[dict]:
+        """Every line of the rolled files of events (or profiles)."""
+        folder = self.folder if kind == "events" else Path(self.settings.landing.root) / self.settings.collector.profiles_path
+        return [json.loads(line) for path in sorted(folder.glob("*/*.ndjson"))
                 for line in path.read_text().splitlines()]
 
     def written(self) -> bytes:
-        """Every byte on disk, rolled or still open."""
-        return b"".join(p.read_bytes() for p in sorted(self.folder.rglob("*")) if p.is_file())
+        """Every byte on disk, rolled or still open, events and profiles."""
+        return b"".join(p.read_bytes() for p in sorted(Path(self.settings.landing.root).rglob("*")) if p.is_file())
 
     def stop(self) -> None:
         """Graceful shutdown: what is open is flushed and rolled."""

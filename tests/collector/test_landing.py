@@ -25,6 +25,7 @@ def _bronze(spark, settings):
     return read_table(spark, settings.lakehouse.root, "bronze.events")
 
 
+@pytest.mark.slow
 def test_collector_files_land_once_whole_and_as_their_own_source(spark, start_collector):
     collector = start_collector("collector.roll_seconds=3600")
     settings = collector.settings
@@ -124,3 +125,38 @@ def test_a_kill_9_under_load_loses_no_acknowledged_event_and_lands_no_partial_li
     assert len(acknowledged) >= 1000
     assert acknowledged <= set(counts)
     assert {counts[i] for i in acknowledged} == {1}
+
+
+@pytest.mark.slow
+def test_identify_traits_reach_silver_customers_field_by_field(spark, start_collector):
+    from jobs.stages.cleanse import cleanse
+
+    collector = start_collector()
+    settings = collector.settings
+    crm = Path(settings.landing.root) / "crm"  # the collector made crm/collector
+    (crm / "export.csv").write_text("customer_id,email,first_name,last_name,birth_date,city,country,email_consent,"
+                                    "updated_at\nC1,ada@old.example,Ada,Lovelace,1990-05-01,Boston,US,yes,"
+                                    "2026-11-01T00:00:00Z\n")
+
+    def identify(day: int, **traits) -> dict:
+        return {"type": "identify", "userId": "C1", "traits": traits, "timestamp": f"2026-11-{day:02d}T00:00:00Z"}
+
+    with httpx.Client(base_url=collector.url, auth=(API_KEY, "")) as client:
+        answer = client.post("/v1/batch", json={"batch": [
+            identify(10, email="Ada@New.Example"), identify(5, firstName="Augusta"),
+            identify(12, unsubscribed=True)]})
+    assert answer.status_code == 200
+    collector.stop()
+
+    ingest(spark, settings, "crm")
+    cleanse(spark, settings, events=False)
+
+    [current] = read_table(spark, settings.lakehouse.root, "silver.customers").collect()
+    assert (current["email"], current["first_name"], current["last_name"], current["city"], current["country"],
+            current["email_consent"], current["source"]) == (
+        "ada@new.example", "Augusta", "Lovelace", "Boston", "US", False, "collector_profiles")
+    assert current["updated_at"].day == 12
+    history = read_table(spark, settings.lakehouse.root, "silver.customers_history").orderBy("valid_from").collect()
+    assert [(h["updated_at"].day, h["first_name"], h["email"], h["email_consent"]) for h in history] == [
+        (1, "Ada", "ada@old.example", True), (5, "Augusta", "ada@old.example", True),
+        (10, "Augusta", "ada@new.example", True), (12, "Augusta", "ada@new.example", False)]
