@@ -481,7 +481,8 @@ def stream_command(runtime: Runtime, trigger: float, sync_to: tuple[str, ...], a
                            if s.stage.startswith("sync:"))
         click.echo(f"tick {tick.number} as of {tick.as_of:%Y-%m-%dT%H:%M:%SZ}: "
                    f"{by_stage['ingest'].rows_out} landed, {by_stage['cleanse'].rows_out} cleansed"
-                   f"{'; ' + moves if moves else ''}{'; ' + synced if synced else ''} ({tick.seconds:.1f} s)")
+                   f"{'; ' + moves if moves else ''}{'; ' + synced if synced else ''} ({tick.seconds:.1f} s"
+                   + (": " + ", ".join(f"{s.stage} {s.seconds:.1f}" for s in tick.stages) if verbose else "") + ")")
         _warn(*tick.stages)
 
     stop = threading.Event()

@@ -9,8 +9,12 @@ from tests.collector.support import API_KEY
 from tests.fakes.proxy import DroppingProxy
 
 
-def test_segments_own_client_lands_each_call_once_through_lost_answers(start_collector):
+@pytest.mark.slow
+def test_segments_own_client_lands_each_call_once_through_lost_answers(spark, start_collector):
     from segment.analytics import Client
+
+    from jobs.runtime.tables import read_table
+    from jobs.stages.ingest import ingest
 
     collector = start_collector()
     proxy = DroppingProxy(int(collector.url.rsplit(":", 1)[1]), drop=2)
@@ -45,6 +49,13 @@ def test_segments_own_client_lands_each_call_once_through_lost_answers(start_col
     assert by_type["Product Added"]["customer_id"] == "c42"
     assert by_type["Order Completed"]["anonymous_id"] == "anon-1"
     assert not any("user_agent" in line for line in lines)  # the SDK's agent is not the shopper's
+
+    ingest(spark, collector.settings, "events")
+    ingest(spark, collector.settings, "crm")
+    root = collector.settings.lakehouse.root
+    bronze = read_table(spark, root, "bronze.events").collect()
+    assert sorted(r["event_id"] for r in bronze) == sorted(line["event_id"] for line in lines)
+    assert [r["customer_id"] for r in read_table(spark, root, "bronze.crm").collect()] == ["c42"]
 
 
 @pytest.mark.parametrize(("auth", "status"), [(None, 401), (("wrong", ""), 401)])
