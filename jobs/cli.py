@@ -495,6 +495,75 @@ def stream_command(runtime: Runtime, trigger: float, sync_to: tuple[str, ...], a
     click.echo(f"stopped after {ticks} ticks", err=True)
 
 
+# -- recs --------------------------------------------------------------------------------------
+@cli.group(cls=LakehouseGroup)
+def recs() -> None:
+    """Product recommendations: build them, look at one customer's, evaluate them offline."""
+
+
+@recs.command("build")
+@click.option("--as-of", "as_of", type=UtcTimestamp(), help="Recommend as of this time (default now).")
+@pass_runtime
+def recs_build(runtime: Runtime, as_of: datetime | None) -> None:
+    """Write gold.product_recommendations as of a time, for every customer with features."""
+    from jobs.stages.recommend import RECOMMENDATIONS, build_recommendations
+
+    result = build_recommendations(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
+    click.echo(f"{RECOMMENDATIONS} version {result.versions[RECOMMENDATIONS]}: {result.rows_out:,} rows as of "
+               f"{result.as_of.isoformat()} ({result.seconds:.1f} s, run {result.run_id})")
+
+
+@recs.command("show")
+@click.option("--customer", "customer_id", required=True, help="The customer id.")
+@click.option("--as-of", "as_of", type=UtcTimestamp(),
+              help="Recompute them as of this time from the events before it (default: the table as built).")
+@pass_runtime
+def recs_show(runtime: Runtime, customer_id: str, as_of: datetime | None) -> None:
+    """One customer's recommendations: rank, product, score, reason."""
+    from pyspark.sql import functions as F
+
+    from jobs.runtime.report import format_table
+    from jobs.runtime.tables import read_or_empty
+    from jobs.stages.recommend import RECOMMENDATIONS, compute_recommendations
+
+    spark, settings = runtime.spark, runtime.settings
+    if as_of is None:
+        rows = read_or_empty(spark, settings.lakehouse.root, RECOMMENDATIONS).where(F.col("customer_id") == customer_id)
+    else:
+        who = spark.createDataFrame([(customer_id,)], "customer_id string")
+        rows = compute_recommendations(spark, settings, as_of, customers=who)
+    found = rows.orderBy("rank").collect()  # one customer's top N: a handful of rows
+    if not found:
+        raise OperatorError(f"no recommendations for customer {customer_id!r}"
+                            + ("" if as_of else " (run `lakehouse recs build` first, or give --as-of)"), 1)
+    click.echo(f"as of {found[0]['as_of'].isoformat()}Z")
+    click.echo(format_table(["rank", "product", "score", "reason"],
+                            [[r["rank"], r["product_id"], f"{r['score']:.4g}", r["reason"]] for r in found]))
+
+
+@recs.command("evaluate")
+@click.option("--as-of", "as_of", type=UtcTimestamp(), required=True,
+              help="Recommend from the events before this time, judge against the ones after it.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 100), help="Cut-off of hit rate@K.")
+@click.option("--horizon-days", default=7, show_default=True, type=click.IntRange(1),
+              help="How long after --as-of a customer's next product counts.")
+@click.option("--out", default="recs-evaluation.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Where the JSON result goes.")
+@pass_runtime
+def recs_evaluate(runtime: Runtime, as_of: datetime, k: int, horizon_days: int, out: str) -> None:
+    """Offline evaluation: hit rate@K and MRR for each customer's next viewed, carted or bought
+    product, against a popularity baseline."""
+    from jobs.runtime.report import format_table
+    from jobs.stages.recommend import evaluate
+
+    result = evaluate(runtime.spark, runtime.settings, as_of, k, horizon_days)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    rows = [[name, r["customers"], r["hits"], f"{r['hit_rate']:.3f}", f"{r['mrr']:.3f}"]
+            for name, r in ((n, result[n]) for n in ("recommendations", "popularity_baseline"))]
+    click.echo(format_table(["model", "customers", f"hits@{k}", f"hit rate@{k}", "MRR"], rows))
+    click.echo(f"written to {out}")
+
+
 # -- sync --------------------------------------------------------------------------------------
 @cli.command("sync")
 @click.argument("destination_name", metavar="DESTINATION")

@@ -109,6 +109,14 @@ class GoldSettings(Frozen):
     )
 
 
+class RecommendationSettings(Frozen):
+    lookback_days: int = Field(default=30, ge=1, description="Sessions whose co-occurrences and popularity count.")
+    seed_days: int = Field(default=7, ge=1, description="A customer's interactions of these days seed their recs.")
+    exclude_bought_days: int = Field(default=30, ge=0, description="Products bought this recently are not shown.")
+    top_n: int = Field(default=8, ge=1, le=100, description="Recommendations per customer.")
+    max_products_per_session: int = Field(default=50, ge=2, description="A longer session keeps its strongest.")
+
+
 class FileDestination(Frozen):
     path: str = Field(default="data/exports", description="Folder for JSON Lines exports (local or URI).")
 
@@ -381,6 +389,7 @@ class Settings(Frozen):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     cleanse: CleanseSettings = Field(default_factory=CleanseSettings)
     gold: GoldSettings = Field(default_factory=GoldSettings)
+    recommendations: RecommendationSettings = Field(default_factory=RecommendationSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)

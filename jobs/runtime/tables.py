@@ -30,6 +30,7 @@ from jobs.runtime.errors import ConfigError
 from transforms.bronze import BRONZE_CRM_SCHEMA, BRONZE_EVENTS_SCHEMA
 from transforms.gold_features import CUSTOMER_FEATURES_SCHEMA
 from transforms.gold_state import CUSTOMER_DAILY_SCHEMA
+from transforms.recommendations import RECOMMENDATIONS_SCHEMA
 from transforms.schema import LONG, STR, STRINGS, TS, fields
 from transforms.segments import SEGMENT_MEMBERSHIP_SCHEMA
 from transforms.silver_customers import CUSTOMERS_HISTORY_SCHEMA, CUSTOMERS_SCHEMA, REJECTED_CUSTOMERS_SCHEMA
@@ -149,6 +150,8 @@ REGISTRY: dict[str, TableSpec] = {
                   partition_by=("event_date",)),
         TableSpec("gold", "customer_features", CUSTOMER_FEATURES_SCHEMA,
                   "One row per customer: recency, frequency, money, browsing, carts, RFM, profile, as_of."),
+        TableSpec("gold", "product_recommendations", RECOMMENDATIONS_SCHEMA,
+                  "Per customer, the top products to show (rank, score, reason), as of the time in as_of."),
         TableSpec("gold", "segment_membership", SEGMENT_MEMBERSHIP_SCHEMA,
                   "Who is in which segment; one Delta commit per segment run that changed it.",
                   properties=CHANGE_FEED),

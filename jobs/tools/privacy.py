@@ -52,7 +52,7 @@ ERASURE_LOG = "ops.erasure_log"
 EVENT_TABLES = ("bronze.events", "silver.events", "silver.rejected_events")
 CRM_TABLES = ("bronze.crm", "silver.customers", "silver.customers_history", "silver.rejected_customers")
 BY_CUSTOMER = ("silver.identity_map", "gold.customer_daily", "gold.customer_features", "gold.segment_membership",
-               "ops.sync_ledger", "ops.sync_state")
+               "gold.product_recommendations", "ops.sync_ledger", "ops.sync_state")
 
 
 @dataclass

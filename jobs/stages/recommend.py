@@ -1,0 +1,98 @@
+"""Gold recommendations: ``gold.product_recommendations`` as of a time (see
+:mod:`transforms.recommendations`), for every customer of ``gold.customer_features``.
+
+Like the features, the result replaces the table in one commit unless it equals what the table
+holds (a digest of every value but ``as_of`` in the commit's metadata), and a rerun whose inputs
+did not change (silver events, the customers, the time, the settings) skips the computation.
+Past recommendations stay readable by Delta version; ``lakehouse recs show --as-of`` recomputes
+them as of any time from the events before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
+from jobs.runtime.settings import Settings
+from jobs.runtime.tables import current_version, last_commit_metadata, overwrite, read_or_empty, table_path
+from jobs.stages.features import FEATURES, as_utc
+from transforms.recommendations import RecsConfig, hit_rate_and_mrr, next_products, recommend
+
+RECOMMENDATIONS = "gold.product_recommendations"
+
+
+def config(settings: Settings) -> RecsConfig:
+    r = settings.recommendations
+    return RecsConfig(lookback_days=r.lookback_days, seed_days=r.seed_days, exclude_bought_days=r.exclude_bought_days,
+                      top_n=r.top_n, max_products_per_session=r.max_products_per_session)
+
+
+def compute_recommendations(spark: SparkSession, settings: Settings, as_of: datetime,
+                            customers: DataFrame | None = None, popularity_only: bool = False) -> DataFrame:
+    root = settings.lakehouse.root
+    if customers is None:
+        customers = read_or_empty(spark, root, FEATURES).select("customer_id")
+    return read_or_empty(spark, root, "silver.events").transform(
+        recommend(customers, as_of, config(settings), popularity_only=popularity_only))
+
+
+def _digest(recs: DataFrame) -> str:
+    row = recs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64("customer_id", "rank", "product_id", "score",
+                                                                   "reason").cast("decimal(38,0)")).alias("h")).first()
+    return f"{row['n']}:{row['h'] or 0}"
+
+
+def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
+    root = settings.lakehouse.root
+    as_of = as_utc(as_of)
+    path = table_path(root, RECOMMENDATIONS)
+    inputs = {**{key: current_version(spark, table_path(root, key)) for key in ("silver.events", FEATURES)},
+              "as_of": as_of.isoformat(), "config": settings.recommendations.model_dump()}
+    previous = previous_outcome(spark, root, "recommend", path, inputs)
+    if previous is not None:
+        content = str(previous["content"])
+    else:
+        recs = compute_recommendations(spark, settings, as_of).persist()
+        try:
+            content = _digest(recs)
+            if last_commit_metadata(spark, path).get("content") != content:
+                overwrite(recs, root, RECOMMENDATIONS, metadata={
+                    "run_id": stage.run_id, "as_of": as_of.isoformat(), "content": content, "inputs": inputs})
+        finally:
+            recs.unpersist()
+    stage.rows_out = int(content.split(":")[0])
+    stage.as_of = as_of
+    stage.versions[RECOMMENDATIONS] = current_version(spark, path)
+    stage.outcomes["recommend"] = {"inputs": inputs, "version": stage.versions[RECOMMENDATIONS], "content": content,
+                                   "as_of": as_of.isoformat()}
+
+
+def build_recommendations(spark: SparkSession, settings: Settings, as_of: datetime) -> StageResult:
+    """``lakehouse recs build``: one stage, recorded."""
+    return run_stage(spark, settings.lakehouse.root, settings.env, "recommend",
+                     lambda stage: recommend_stage(spark, settings, as_of, stage))
+
+
+def evaluate(spark: SparkSession, settings: Settings, as_of: datetime, k: int, horizon_days: int = 7
+             ) -> dict[str, object]:
+    """Hit rate@k and MRR of the recommendations as of ``as_of`` against each customer's next
+    product viewed, carted or bought, next to the popularity baseline's."""
+    as_of = as_utc(as_of)
+    events = read_or_empty(spark, settings.lakehouse.root, "silver.events")
+    truth = events.transform(next_products(as_of, horizon_days)).persist()
+    try:
+        people = truth.select("customer_id")
+        wide = replace(config(settings), top_n=max(k, settings.recommendations.top_n))
+        result: dict[str, object] = {"as_of": as_of.isoformat(), "k": k, "horizon_days": horizon_days}
+        for name, baseline in (("recommendations", False), ("popularity_baseline", True)):
+            recs = events.transform(recommend(people, as_of, wide, popularity_only=baseline))
+            row = recs.transform(hit_rate_and_mrr(truth, k)).first()
+            result[name] = {"customers": row["customers"], "hits": row["hits"],
+                            "hit_rate": round(float(row["hit_rate"] or 0), 4), "mrr": round(float(row["mrr"] or 0), 4)}
+    finally:
+        truth.unpersist()
+    return result
