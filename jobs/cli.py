@@ -474,15 +474,11 @@ def stream_command(runtime: Runtime, trigger: float, sync_to: tuple[str, ...], a
     def report(tick: Tick) -> None:
         if not (verbose or tick.commits):
             return
-        by_stage = {s.stage: s for s in tick.stages}
-        moves = ", ".join(f"{sid} +{entered} -{exited}" for sid, _, entered, exited in by_stage["segment"].segments
-                          if entered or exited)
-        synced = ", ".join(f"{s.stage} {sum(r[1] + r[2] + r[3] for r in s.sync)} changes" for s in tick.stages
-                           if s.stage.startswith("sync:"))
+        parts = [tick.counts(), ", ".join(tick.moves()), ", ".join(tick.synced())]
+        seconds = f"{tick.seconds:.1f} s" + (
+            ": " + ", ".join(f"{s.stage} {s.seconds:.1f}" for s in tick.stages) if verbose else "")
         click.echo(f"tick {tick.number} as of {tick.as_of:%Y-%m-%dT%H:%M:%SZ}: "
-                   f"{by_stage['ingest'].rows_out} landed, {by_stage['cleanse'].rows_out} cleansed"
-                   f"{'; ' + moves if moves else ''}{'; ' + synced if synced else ''} ({tick.seconds:.1f} s"
-                   + (": " + ", ".join(f"{s.stage} {s.seconds:.1f}" for s in tick.stages) if verbose else "") + ")")
+                   f"{'; '.join(part for part in parts if part)} ({seconds})")
         _warn(*tick.stages)
 
     stop = threading.Event()

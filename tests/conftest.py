@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -179,10 +177,8 @@ def demo_lakehouse(spark, tmp_path_factory: pytest.TempPathFactory) -> DemoLakeh
 def start_collector(make_settings: Callable[..., Settings], tmp_path: Path,
                     monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
     """Starts a collector with the test keys (``*extra`` are more ``--set`` overrides)."""
-    import uvicorn
-
-    from jobs.collector.app import create_app
-    from tests.collector.support import ENV_KEY, TOKEN_KEY, Collector, collector_overrides, free_port
+    from jobs.collector.serve import free_port, serve_in_thread
+    from tests.collector.support import ENV_KEY, TOKEN_KEY, Collector, collector_overrides
 
     monkeypatch.setenv("TEST_COLLECTOR_APP_KEY", ENV_KEY)
     monkeypatch.setenv("LAKEHOUSE_COLLECTOR_TOKEN_KEY", TOKEN_KEY)
@@ -190,17 +186,8 @@ def start_collector(make_settings: Callable[..., Settings], tmp_path: Path,
 
     def start(*extra: str) -> Collector:  # a tests.collector.support.Collector
         settings = make_settings(*collector_overrides(tmp_path, *extra))
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                               log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the collector did not start")
-            time.sleep(0.01)
-        collector = Collector(f"http://127.0.0.1:{port}", settings, server, thread)
+        running = serve_in_thread(settings, free_port())
+        collector = Collector(running.url, settings, running)
         started.append(collector)
         return collector
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -57,6 +57,11 @@ def _weight() -> Column:
     return weight
 
 
+def _days(start: datetime, end: datetime) -> Column:
+    """The ``event_date`` partitions (UTC days) that ``[start, end)`` touches: a scan reads only those."""
+    return F.col("event_date").between(F.lit(start.astimezone(UTC).date()), F.lit(end.astimezone(UTC).date()))
+
+
 def interactions(as_of: datetime, config: RecsConfig) -> Transform:
     """Silver events -> ``customer_id, session, product_id, category, event_type, event_ts, weight``
     of the look-back window."""
@@ -64,7 +69,7 @@ def interactions(as_of: datetime, config: RecsConfig) -> Transform:
     def transform(events: DataFrame) -> DataFrame:
         start = as_of - timedelta(days=config.lookback_days)
         return (
-            events.where(F.col("product_id").isNotNull() & F.col("event_type").isin(*WEIGHTS)
+            events.where(_days(start, as_of) & F.col("product_id").isNotNull() & F.col("event_type").isin(*WEIGHTS)
                          & (F.col("event_ts") >= F.lit(start)) & (F.col("event_ts") < F.lit(as_of)))
             .select("customer_id", "product_id", "category", "event_type", "event_ts",
                     F.coalesce("session_id", F.concat_ws("|", F.coalesce("customer_id", "anonymous_id"),
@@ -156,10 +161,11 @@ def next_products(as_of: datetime, horizon_days: int = 7) -> Transform:
 
     def transform(events: DataFrame) -> DataFrame:
         first = Window.partitionBy("customer_id").orderBy("event_ts", "event_id")
-        return (events.where(F.col("customer_id").isNotNull() & F.col("product_id").isNotNull()
+        end = as_of + timedelta(days=horizon_days)
+        return (events.where(_days(as_of, end) & F.col("customer_id").isNotNull() & F.col("product_id").isNotNull()
                              & F.col("event_type").isin("product_view", "add_to_cart", "purchase")
                              & (F.col("event_ts") >= F.lit(as_of))
-                             & (F.col("event_ts") < F.lit(as_of + timedelta(days=horizon_days))))
+                             & (F.col("event_ts") < F.lit(end)))
                 .withColumn("_n", F.row_number().over(first)).where(F.col("_n") == 1)
                 .select("customer_id", "product_id"))
 

@@ -8,9 +8,12 @@ retry), write and fsync, answer — so a refused request writes nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import gzip
 import ipaddress
 import json
+import socket
 import time
 import uuid
 import zlib
@@ -30,9 +33,9 @@ from jobs.collector import segment
 from jobs.collector.auth import Authenticator, Principal, Refused, require
 from jobs.collector.meter import Metrics, RateLimiter
 from jobs.collector.models import Event, validate_events
-from jobs.collector.sink import Publish, Sink
+from jobs.collector.sink import Sink
 from jobs.runtime.secrets import SecretSource
-from jobs.runtime.settings import CollectorSettings, Settings
+from jobs.runtime.settings import CollectorSettings, Settings, is_uri
 
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
          b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -78,22 +81,19 @@ class RecentIds:
             self.ids.popitem(last=False)
 
 
-def landing_sink(settings: Settings, folder: str, publish_to: Callable[[str], Publish] | None = None) -> Sink:
+def landing_sink(settings: Settings, folder: str) -> Sink:
     """Writes straight into a local landing folder; on object storage into the spool, then up."""
     collector, root = settings.collector, settings.landing.root.rstrip("/")
     instance = collector.instance or f"{_hostname()}-{collector.port}"
-    if "://" not in root:
+    if not is_uri(root):
         return Sink(Path(root) / folder, instance, collector.roll_bytes, collector.roll_seconds)
     from jobs.collector.upload import uploader
 
     spool = Path(collector.spool_dir).expanduser().resolve() / folder
-    publish = (publish_to or (lambda target: uploader(target, spool)))(f"{root}/{folder}")
-    return Sink(spool, instance, collector.roll_bytes, collector.roll_seconds, publish)
+    return Sink(spool, instance, collector.roll_bytes, collector.roll_seconds, uploader(f"{root}/{folder}", spool))
 
 
 def _hostname() -> str:
-    import socket
-
     return socket.gethostname().split(".")[0] or "collector"
 
 
@@ -119,7 +119,6 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
 
     app = FastAPI(title="email-lakehouse collector", version="1", lifespan=lifespan,
                   description="Behavioral events in; NDJSON landing files out. A 2xx means fsync'd to disk.")
-    app.state.sinks, app.state.metrics = sinks, metrics
 
     @app.middleware("http")
     async def measured(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -297,7 +296,6 @@ def create_app(settings: Settings, secrets: SecretSource | None = None) -> FastA
     async def prometheus() -> Response:
         return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
 
-    app.openapi_schema = None
     _add_security(app)
     return app
 
@@ -353,9 +351,6 @@ def _principal(request: Request, auth: Authenticator) -> Principal:
 
 
 def _basic(request: Request) -> tuple[str, str] | None:
-    import base64
-    import binascii
-
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
         return None

@@ -59,10 +59,32 @@ def parse_timestamp(value: str | int | float) -> datetime:
 Text = str | None
 
 
-class Event(BaseModel):
-    """One event as a client sends it."""
+def _readable(value: str | int | float) -> str | int | float:
+    parse_timestamp(value)
+    return value
+
+
+class Landed(BaseModel):
+    """What the collector writes a line for: the client's fields (unknown ones kept), an id, and
+    what the server knows of the request."""
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    sink: ClassVar[str]
+
+    def line(self, received_at: str, user_agent: str | None, client_ip: str | None, key: str) -> dict[str, Any]:
+        record = self.model_dump(exclude_none=True)
+        record.setdefault("event_id", uuid7())
+        record.update(self._from_request(user_agent, client_ip), _received_at=received_at, _key=key)
+        return record
+
+    def _from_request(self, user_agent: str | None, client_ip: str | None) -> dict[str, str]:
+        return {}
+
+
+class Event(Landed):
+    """One event as a client sends it."""
+
+    sink: ClassVar[str] = "events"
 
     event_id: Text = Field(default=None, max_length=128, description="Client's id (default: a UUIDv7); "
                            "a repeat of an id is the same event.")
@@ -77,11 +99,7 @@ class Event(BaseModel):
                              "(collector.js, the pixel) the request's User-Agent when absent.")
     properties: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("timestamp")
-    @classmethod
-    def _readable_time(cls, value: str | int | float) -> str | int | float:
-        parse_timestamp(value)
-        return value
+    _readable_time = field_validator("timestamp")(classmethod(lambda cls, value: _readable(value)))
 
     @model_validator(mode="after")
     def _someone(self) -> Event:
@@ -89,18 +107,9 @@ class Event(BaseModel):
             raise ValueError("needs customer_id or anonymous_id")
         return self
 
-    sink: ClassVar[str] = "events"
-
-    def line(self, received_at: str, user_agent: str | None, client_ip: str | None, key: str) -> dict[str, Any]:
-        record = self.model_dump(exclude_none=True)
-        record.setdefault("event_id", uuid7())
-        if user_agent and not self.user_agent:
-            record["user_agent"] = user_agent
-        record["_received_at"] = received_at
-        if client_ip:
-            record["_client_ip"] = client_ip
-        record["_key"] = key
-        return record
+    def _from_request(self, user_agent: str | None, client_ip: str | None) -> dict[str, str]:
+        extra = {"user_agent": user_agent} if user_agent and not self.user_agent else {}
+        return {**extra, **({"_client_ip": client_ip} if client_ip else {})}
 
 
 _MODEL_COLUMNS = tuple(name for name in Event.model_fields if name != "properties")
@@ -112,11 +121,10 @@ class ProfileCall(dict):
     """A payload for :class:`Profile` rather than :class:`Event` (a Segment ``identify``)."""
 
 
-class Profile(BaseModel):
+class Profile(Landed):
     """A profile update (partial: only the fields it carries change), as the ``collector_profiles``
     source lands it in ``bronze.crm``: the CRM columns, ``updated_at`` when it happened."""
 
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
     sink: ClassVar[str] = "profiles"
 
     event_id: Text = Field(default=None, max_length=128, description="The call's id (Segment messageId).")
@@ -130,19 +138,7 @@ class Profile(BaseModel):
     email_consent: Text = Field(default=None, max_length=32)
     updated_at: str | int | float
 
-    _readable_time = field_validator("updated_at")(classmethod(lambda cls, value: Event._readable_time(value)))
-
-    def line(self, received_at: str, user_agent: str | None, client_ip: str | None, key: str) -> dict[str, Any]:
-        record = self.model_dump(exclude_none=True)
-        record.setdefault("event_id", uuid7())
-        record.update(_received_at=received_at, _key=key)
-        return record
-
-
-class Batch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    events: list[Any]
+    _readable_time = field_validator("updated_at")(classmethod(lambda cls, value: _readable(value)))
 
 
 def validate_events(items: list[Any], prefix: str) -> tuple[list[tuple[int, Event | Profile]], list[dict[str, Any]]]:

@@ -29,6 +29,7 @@ from typing import Any
 from jobs.collector.models import ProfileCall
 
 PAGE_TYPES = {"page", "screen"}
+TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")  # the first one present
 
 
 def to_event(call: Any) -> Any:
@@ -48,8 +49,7 @@ def to_event(call: Any) -> Any:
         "anonymous_id": call.get("anonymousId"),
         "session_id": properties.pop("session_id", None) or context.get("session_id"),
         "event_type": "page_view" if kind in PAGE_TYPES else call.get("event"),
-        "timestamp": next((call[k] for k in ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
-                           if call.get(k)), None),
+        "timestamp": _first(call, *TIME_FIELDS),
         "product_id": properties.get("product_id") or properties.get("sku"),
         "url": properties.get("url") or page.get("url"),
         "user_agent": context.get("userAgent"),
@@ -86,8 +86,7 @@ def to_profile(call: dict[str, Any]) -> ProfileCall:
         "city": _first(address, "city") or _first(traits, "city"),
         "country": _first(address, "country") or _first(traits, "country"),
         "email_consent": None if consent is None else str(consent).lower(),
-        "updated_at": next((call[k] for k in ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
-                            if call.get(k)), None),
+        "updated_at": _first(call, *TIME_FIELDS),
         "anonymous_id": call.get("anonymousId"),
         "traits": traits or None,
     }

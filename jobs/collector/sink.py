@@ -44,7 +44,6 @@ class Sink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._publishing: asyncio.Task[None] | None = None
-        self.rolled: list[Path] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -151,7 +150,6 @@ class Sink:
             return False
         os.replace(open_path, final_path)
         _fsync_dir(final_path.parent)
-        self.rolled.append(final_path)
         return True
 
     def _publish_all(self) -> None:

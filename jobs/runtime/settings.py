@@ -32,13 +32,13 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
     return "://" in path or path.startswith(("s3a:", "s3:", "hdfs:", "file:"))
 
 
 def _absolute(path: str) -> str:
     """Local paths become absolute (relative to the working directory); URIs stay as they are."""
-    return path if _is_uri(path) else str(Path(path).expanduser().resolve())
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 class RootSettings(Frozen):
@@ -411,7 +411,7 @@ class Settings(Frozen):
 
     def source_path(self, source: SourceSettings) -> str:
         folder = source.path or source.name
-        if _is_uri(folder) or folder.startswith("/"):
+        if is_uri(folder) or folder.startswith("/"):
             return folder
         return f"{self.landing.root.rstrip('/')}/{folder}"
 

@@ -57,6 +57,7 @@ from jobs.runtime.tables import (
     holds_rows,
     merge,
     overwrite,
+    read_or_empty,
     spec,
     table_path,
 )
@@ -517,9 +518,7 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
                 written_rejected = append(rejected, root, REJECTED_CUSTOMERS, txn=batch.txn(REJECTED_CUSTOMERS))["rows"]
             usable = parsed.where(F.col("_outcome") == "silver")
             if outcomes["silver"] and partial:
-                previous = (spark.read.format("delta").load(table_path(root, HISTORY))
-                            if holds_rows(spark, root, HISTORY) else spark.createDataFrame([], spec(HISTORY).schema))
-                usable = usable.transform(fill_partial(previous))
+                usable = usable.transform(fill_partial(read_or_empty(spark, root, HISTORY)))
             if outcomes["silver"]:
                 newest = latest_per_customer(usable).select(*PROFILE_COLUMNS, "_source_file", "_ingested_at",
                                                             "_content_hash", "_batch_id")

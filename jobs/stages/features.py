@@ -30,11 +30,13 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def digest(features: DataFrame) -> str:
-    """An order-free digest of every row's values except ``as_of`` (one aggregation)."""
-    values = [c for c in FEATURE_COLUMNS if c != "as_of"]
-    row = features.agg(F.count(F.lit(1)).alias("n"),
-                       F.sum(F.xxhash64(*values).cast("decimal(38,0)")).alias("h")).first()
+def digest(frame: DataFrame, columns: list[str] | tuple[str, ...] | None = None) -> str:
+    """``rows:hash``, an order-free digest of ``columns`` (default: every feature but ``as_of``)
+    in one aggregation: what a gold table's commit keeps to tell a recomputation that changed
+    nothing."""
+    values = columns or [c for c in FEATURE_COLUMNS if c != "as_of"]
+    row = frame.agg(F.count(F.lit(1)).alias("n"),
+                    F.sum(F.xxhash64(*values).cast("decimal(38,0)")).alias("h")).first()
     return f"{row['n']}:{row['h'] or 0}"
 
 

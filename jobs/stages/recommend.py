@@ -14,15 +14,15 @@ from dataclasses import replace
 from datetime import datetime
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
 from jobs.runtime.settings import Settings
 from jobs.runtime.tables import current_version, last_commit_metadata, overwrite, read_or_empty, table_path
-from jobs.stages.features import FEATURES, as_utc
+from jobs.stages.features import FEATURES, as_utc, digest
 from transforms.recommendations import RecsConfig, hit_rate_and_mrr, next_products, recommend
 
 RECOMMENDATIONS = "gold.product_recommendations"
+CONTENT = ("customer_id", "rank", "product_id", "score", "reason")  # every column but as_of
 
 
 def config(settings: Settings) -> RecsConfig:
@@ -40,12 +40,6 @@ def compute_recommendations(spark: SparkSession, settings: Settings, as_of: date
         recommend(customers, as_of, config(settings), popularity_only=popularity_only))
 
 
-def _digest(recs: DataFrame) -> str:
-    row = recs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64("customer_id", "rank", "product_id", "score",
-                                                                   "reason").cast("decimal(38,0)")).alias("h")).first()
-    return f"{row['n']}:{row['h'] or 0}"
-
-
 def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
     root = settings.lakehouse.root
     as_of = as_utc(as_of)
@@ -58,7 +52,7 @@ def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, st
     else:
         recs = compute_recommendations(spark, settings, as_of).persist()
         try:
-            content = _digest(recs)
+            content = digest(recs, CONTENT)
             if last_commit_metadata(spark, path).get("content") != content:
                 overwrite(recs, root, RECOMMENDATIONS, metadata={
                     "run_id": stage.run_id, "as_of": as_of.isoformat(), "content": content, "inputs": inputs})

@@ -42,6 +42,21 @@ class Tick:
     def commits(self) -> int:
         return sum(sum(stage.commits.values()) for stage in self.stages)
 
+    def counts(self) -> str:
+        """``N landed, M cleansed``."""
+        by_stage = {stage.stage: stage for stage in self.stages}
+        return f"{by_stage['ingest'].rows_out} landed, {by_stage['cleanse'].rows_out} cleansed"
+
+    def moves(self) -> list[str]:
+        """``segment +entered -exited`` of every segment someone entered or left."""
+        return [f"{sid} +{entered} -{exited}" for stage in self.stages if stage.stage == "segment"
+                for sid, _, entered, exited in stage.segments if entered or exited]
+
+    def synced(self) -> list[str]:
+        """``sync:DEST N changes`` per destination."""
+        return [f"{stage.stage} {sum(adds + removes + updates for _, adds, removes, updates, *_ in stage.sync)} changes"
+                for stage in self.stages if stage.stage.startswith("sync:")]
+
 
 def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
     """SIGINT and SIGTERM set ``stop``; a second one interrupts at once. Returns the undo."""

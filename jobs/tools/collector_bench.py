@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.collector.serve import free_port, serve
+
 LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 EVENT = {"event_type": "add_to_cart", "timestamp": "2026-11-30T10:00:00Z", "customer_id": "c1",
          "session_id": "s1", "product_id": "p1", "url": "https://shop.example/p/1",
@@ -100,14 +102,6 @@ def _measure(port: int, batch: int, connections: int, seconds: float, rate: floa
             "p99_ms": pct(0.99), "target_rate": rate}
 
 
-def _serve(settings: Any, port: int) -> None:
-    import uvicorn
-
-    from jobs.collector.app import create_app
-
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
 def run_collector_bench(settings: Any, workdir: Path, seconds: float = 10.0) -> dict[str, Any]:
     import hashlib
 
@@ -120,10 +114,9 @@ def run_collector_bench(settings: Any, workdir: Path, seconds: float = 10.0) -> 
     shutil.rmtree(landing, ignore_errors=True)
     settings = settings.model_copy(update={"collector": collector, "landing": settings.landing.model_copy(
         update={"root": str(landing)})})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = multiprocessing.get_context("fork").Process(target=_serve, args=(settings, port), daemon=True)
+    port = free_port()
+    server = multiprocessing.get_context("fork").Process(target=serve, args=(settings, "127.0.0.1", port),
+                                                         daemon=True)
     server.start()
     deadline = time.monotonic() + 30
     while True:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.collector.serve import serve_in_thread
 from jobs.runtime.errors import InputError
 from jobs.runtime.settings import CollectorKey, Settings
 from jobs.runtime.tables import read_or_empty
@@ -31,38 +31,22 @@ SEGMENT = "abandoned_cart_24h"
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 
 
-def _members(spark: SparkSession, settings: Settings) -> set[str]:
+def _members(spark: SparkSession, settings: Settings) -> DataFrame:
     membership = read_or_empty(spark, settings.lakehouse.root, "gold.segment_membership")
-    return {r["customer_id"] for r in membership.where(F.col("segment_id") == SEGMENT).select("customer_id").collect()}
+    return membership.where(F.col("segment_id") == SEGMENT).select("customer_id")
 
 
-def _customers(spark: SparkSession, settings: Settings) -> list[str]:
+def _pick(spark: SparkSession, settings: Settings) -> tuple[str | None, str | None]:
+    """The first member of the segment, and the first consented customer outside it (one row each)."""
+    members = _members(spark, settings)
     customers = read_or_empty(spark, settings.lakehouse.root, "silver.customers")
-    return sorted(r["customer_id"] for r in customers.where(F.col("email_consent")).select("customer_id").collect())
+    outside = customers.where(F.col("email_consent")).select("customer_id").join(members, "customer_id", "left_anti")
+    return members.agg(F.min("customer_id")).first()[0], outside.agg(F.min("customer_id")).first()[0]
 
 
-def _serve(settings: Settings) -> Callable[[], None]:
-    import uvicorn
-
-    from jobs.collector.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.collector.port,
-                                           log_level="warning", access_log=False))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # the stream owns Ctrl-C
-    thread = threading.Thread(target=server.run, name="collector", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise InputError(f"the collector could not start on 127.0.0.1:{settings.collector.port} "
-                             "(port taken? --set collector.port=...)")
-        time.sleep(0.05)
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(20)
-
-    return stop
+def _in_segment(spark: SparkSession, settings: Settings, *customer_ids: str) -> set[str]:
+    found = _members(spark, settings).where(F.col("customer_id").isin(*customer_ids)).collect()  # two ids at most
+    return {r["customer_id"] for r in found}
 
 
 def live_demo(spark: SparkSession, settings: Settings, trigger_seconds: float, echo: Callable[[str], None],
@@ -72,8 +56,8 @@ def live_demo(spark: SparkSession, settings: Settings, trigger_seconds: float, e
     collector = settings.collector.model_copy(update={
         "api_keys": {**settings.collector.api_keys, "demo": demo_key}, "roll_seconds": 1.0})
     settings = settings.model_copy(update={"collector": collector})
-    stop_collector = _serve(settings)
-    url = f"http://127.0.0.1:{settings.collector.port}"
+    collector_thread = serve_in_thread(settings, settings.collector.port)
+    url = collector_thread.url
     echo(f"collector listening on {url} (POST /api/events, /p.gif, /collector.js)")
     plan: dict[str, str] = {}
 
@@ -87,22 +71,17 @@ def live_demo(spark: SparkSession, settings: Settings, trigger_seconds: float, e
              f"event {answer.json()['events'][0]['event_id']}")
 
     def on_tick(tick: Tick) -> None:
-        by_stage = {s.stage: s for s in tick.stages}
-        moves = [f"{sid} +{entered} -{exited}" for sid, _, entered, exited in by_stage["segment"].segments
-                 if entered or exited]
-        echo(f"tick {tick.number} ({tick.seconds:.1f} s): {by_stage['ingest'].rows_out} landed, "
-             f"{by_stage['cleanse'].rows_out} cleansed" + (f"; {', '.join(moves)}" if moves else ""))
-        members = _members(spark, settings)
+        moves = tick.moves()
+        echo(f"tick {tick.number} ({tick.seconds:.1f} s): {tick.counts()}" + (f"; {', '.join(moves)}" if moves else ""))
         if not plan:
-            inside = sorted(members)
-            outside = [c for c in _customers(spark, settings) if c not in members]
-            if not inside or not outside:
-                raise InputError(f"the demo lakehouse has no customer {'in' if not inside else 'outside'} "
+            inside, outside = _pick(spark, settings)
+            if inside is None or outside is None:
+                raise InputError(f"the demo lakehouse has no customer {'in' if inside is None else 'outside'} "
                                  f"{SEGMENT}; run `make demo` first")
-            plan.update(leaves=inside[0], enters=outside[0])
+            plan.update(leaves=inside, enters=outside)
             send(plan["leaves"], "purchase")
             send(plan["enters"], "cart_abandonment")
-        elif plan["leaves"] not in members and plan["enters"] in members:
+        elif _in_segment(spark, settings, plan["leaves"], plan["enters"]) == {plan["enters"]}:
             echo(f"{plan['leaves']} left {SEGMENT} and {plan['enters']} entered it; "
                  f"the file destination wrote the changes under {settings.destinations.file.path}")
             stop.set()
@@ -110,5 +89,5 @@ def live_demo(spark: SparkSession, settings: Settings, trigger_seconds: float, e
     try:
         stream(spark, settings, trigger_seconds, ("file",), False, stop, max_ticks, on_tick)
     finally:
-        stop_collector()
+        collector_thread.stop()
     return plan

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from jobs.collector.serve import free_port
 from tests.fakes.klaviyo import FakeKlaviyo
 
 KEY = "bench-collector-key-0123456789"
@@ -45,12 +45,6 @@ LISTS = {"abandoned_cart_24h": LIST, "at_risk": "BenchL2", "high_value": "BenchL
          "nyc_electronics_25_35": "BenchL4", "window_shoppers": "BenchL5"}
 WINDOW_MINUTES = 1.0
 LAKEHOUSE = [sys.executable, "-m", "jobs.cli"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _iso(ts: datetime) -> str:
@@ -75,7 +69,7 @@ def _run(stack: contextlib.ExitStack, customers: int, out: Path, trigger: str) -
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     klaviyo = FakeKlaviyo(KLAVIYO_KEY, job_polls=1)
     klaviyo_url = klaviyo.start()
-    collector_port = _port()
+    collector_port = free_port()
     sets = {
         "lakehouse.root": str(work / "lakehouse"), "landing.root": str(work / "landing"),
         "gold.abandonment_window_minutes": WINDOW_MINUTES,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.collector.serve import Running
 from jobs.runtime.settings import Settings
 
 API_KEY = "test-web-key-0123456789"
@@ -35,8 +34,7 @@ def collector_overrides(tmp_path: Path, *extra: str) -> list[str]:
 class Collector:
     url: str
     settings: Settings
-    server: object
-    thread: threading.Thread
+    running: Running
 
     @property
     def folder(self) -> Path:
@@ -54,11 +52,4 @@ class Collector:
 
     def stop(self) -> None:
         """Graceful shutdown: what is open is flushed and rolled."""
-        self.server.should_exit = True  # type: ignore[attr-defined]
-        self.thread.join(20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        self.running.stop()

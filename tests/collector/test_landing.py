@@ -15,9 +15,10 @@ import httpx
 import pytest
 from pyspark.sql import functions as F
 
+from jobs.collector.serve import free_port
 from jobs.runtime.tables import read_table
 from jobs.stages.ingest import ingest, landed_files
-from tests.collector.support import API_KEY, collector_overrides, free_port
+from tests.collector.support import API_KEY, collector_overrides
 from tests.collector.test_api import EVENT, bearer
 
 

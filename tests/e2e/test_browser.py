@@ -11,9 +11,10 @@ import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+from jobs.collector.serve import free_port
 from jobs.runtime.tables import read_table
 from jobs.stages.ingest import ingest
-from tests.collector.support import SITE_KEY, free_port
+from tests.collector.support import SITE_KEY
 
 PAGE = """<!doctype html>
 <html><head><title>Trail shoes</title>
