@@ -76,11 +76,19 @@ def _serve(settings_args: list[str], port: int, env: dict[str, str]) -> subproce
     raise RuntimeError("the collector did not start")
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # rolled between the listing and the look
+        return 0
+
+
 @pytest.mark.slow
 def test_a_kill_9_under_load_loses_no_acknowledged_event_and_lands_no_partial_line(spark, make_settings, tmp_path):
     args = [f"lakehouse.root={tmp_path / 'lakehouse'}", f"landing.root={tmp_path / 'landing'}",
             *collector_overrides(tmp_path, "collector.roll_bytes=300000", "collector.roll_seconds=60",
-                                 "collector.max_batch_events=200")]
+                                 "collector.max_batch_events=200", "collector.rate_per_second=1000000",
+                                 "collector.rate_burst=1000000")]
     env = {**os.environ, "TEST_COLLECTOR_APP_KEY": "unused-0123456789", "LAKEHOUSE_COLLECTOR_TOKEN_KEY": "k" * 40}
     port = free_port()
     process = _serve(args, port, env)
@@ -106,12 +114,18 @@ def test_a_kill_9_under_load_loses_no_acknowledged_event_and_lands_no_partial_li
     for worker in workers:
         worker.start()
     time.sleep(2.0)
+    folder = tmp_path / "landing" / "events" / "collector"
+    for _ in range(100):  # freeze the server, and kill it only when it has a file open
+        process.send_signal(signal.SIGSTOP)
+        if any(_size(p) for p in folder.rglob(".*.open")):
+            break
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     stop.set()
     for worker in workers:
         worker.join(10)
-    folder = tmp_path / "landing" / "events" / "collector"
     assert list(folder.rglob(".*.open")), "the kill left no file open: nothing was tested"
 
     restarted = _serve(args, port, env)  # recovers: cuts the open files to whole lines, rolls them
