@@ -26,6 +26,7 @@ demo: install
 	@test -f $(DEMO_LANDING)/manifest.json || $(BIN)/lakehouse demo generate --out $(DEMO_LANDING)
 	$(BIN)/lakehouse run --sync file
 	$(BIN)/lakehouse tables
+	$(BIN)/lakehouse preview viewed_offer --segment window_shoppers --limit 6 --out data/preview
 
 # The collector and the stream on the demo lakehouse: two events sent over HTTP change two segments.
 demo-live: install

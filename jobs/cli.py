@@ -217,6 +217,14 @@ def ingest_events(runtime: Runtime, source: str | None) -> None:
     _ingest(runtime, "events", source)
 
 
+@ingest.command("catalog")
+@click.option("--source", help="One catalog source from conf/sources (default: ingest.catalog_sources).")
+@pass_runtime
+def ingest_catalog(runtime: Runtime, source: str | None) -> None:
+    """Land new product catalog files into bronze.catalog."""
+    _ingest(runtime, "catalog", source)
+
+
 @ingest.command("crm")
 @click.option("--source", help="One CRM source from conf/sources (default: ingest.crm_sources).")
 @pass_runtime
@@ -227,7 +235,8 @@ def ingest_crm(runtime: Runtime, source: str | None) -> None:
 
 # -- cleanse -----------------------------------------------------------------------------------
 @cli.command("cleanse")
-@click.option("--events", "events_only", is_flag=True, help="Cleanse only events (bronze.events -> silver).")
+@click.option("--events", "events_only", is_flag=True,
+              help="Cleanse only events and the catalog (bronze.events, bronze.catalog -> silver).")
 @click.option("--customers", "customers_only", is_flag=True,
               help="Cleanse only customers (bronze.crm -> silver).")
 @pass_runtime
@@ -398,7 +407,8 @@ def rules() -> None:
 @rules.command("validate")
 @pass_runtime
 def rules_validate(runtime: Runtime) -> None:
-    """Check every rule file, including segment SQL, without reading any data."""
+    """Check every rule file, including segment SQL, and every email template, without reading any data."""
+    from jobs.content.templates import Templates, email_templates, templates_dir
     from jobs.rules import load_bot_rules, load_event_types, load_locations, load_quality_rules
     from jobs.runtime.settings import rules_dir
     from jobs.stages.segment import validated_segments
@@ -412,9 +422,41 @@ def rules_validate(runtime: Runtime) -> None:
 
     check_expectations(runtime.spark, folder, quality_rules)
     found = validated_segments(runtime.spark, runtime.settings)
+    templates = Templates(templates_dir(runtime.settings))
+    names = [p.stem for p in email_templates(templates.folder)]
+    problems = [problem for name in names for problem in templates.check(name)]
+    if problems:
+        from jobs.runtime.errors import ConfigError
+
+        raise ConfigError(f"{len(problems)} template problem(s): " + "; ".join(problems))
     click.echo(f"rules in {folder} are valid: {len(found)} segments "
                f"({', '.join(s.id for s in found)}), "
-               f"{sum(len(v) for v in quality_rules.tables.values())} expectations")
+               f"{sum(len(v) for v in quality_rules.tables.values())} expectations; "
+               f"{len(names)} templates in {templates.folder} ({', '.join(names)})")
+
+
+# -- preview -----------------------------------------------------------------------------------
+@cli.command("preview")
+@click.argument("template")
+@click.option("--customer", "customers", multiple=True, metavar="ID", help="A customer to render for (repeatable).")
+@click.option("--segment", "segment_id", help="Render for members of this segment (as its rule judges the time).")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --segment: how many members (the first by customer id).")
+@click.option("--as-of", "as_of", type=UtcTimestamp(), help="The time the content is as of (default: the features').")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for one HTML file per customer and index.html.")
+@pass_runtime
+def preview(runtime: Runtime, template: str, customers: tuple[str, ...], segment_id: str | None, limit: int,
+            as_of: datetime | None, out: Path) -> None:
+    """Render a template of templates/ for customers, as of a time, and write a gallery."""
+    from jobs.content.preview import preview as render_preview
+
+    if bool(customers) == bool(segment_id):
+        raise click.UsageError("give --customer ID (one or more) or --segment SEGMENT, not both")
+    rendered = render_preview(runtime.spark, runtime.settings, template, as_of, customers, segment_id, limit, out)
+    for item in rendered:
+        click.echo(f"{item.customer_id}: {item.file} ({item.products} products)")
+    click.echo(f"gallery: {out / 'index.html'} ({len(rendered)} emails)")
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -627,10 +669,10 @@ def tables(runtime: Runtime, as_json: bool) -> None:
 def landed(runtime: Runtime, source_name: str | None) -> None:
     """List every landed file with the micro-batch and bronze version that hold its rows."""
     from jobs.runtime.report import format_table
-    from jobs.stages.ingest import landed_files
+    from jobs.stages.ingest import configured_sources, landed_files
 
     settings = runtime.settings
-    names = [source_name] if source_name else [*settings.ingest.event_sources, *settings.ingest.crm_sources]
+    names = [source_name] if source_name else [n for kind in configured_sources(settings).values() for n in kind]
     sources = []
     for name in names:
         if name not in settings.sources:

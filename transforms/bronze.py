@@ -27,6 +27,10 @@ CRM_COLUMNS = (
     "customer_id", "email", "first_name", "last_name", "birth_date", "city", "country",
     "email_consent", "updated_at",
 )
+CATALOG_COLUMNS = (
+    "product_id", "name", "url", "image_url", "price", "currency", "category", "brand", "in_stock", "updated_at",
+)
+COLUMNS_BY_KIND: dict[str, tuple[str, ...]] = {"events": EVENT_COLUMNS, "crm": CRM_COLUMNS, "catalog": CATALOG_COLUMNS}
 LANDING_METADATA = [
     described("_rescued_data", T.StringType(), "Source fields the mapping does not name, as JSON."),
     described("_corrupt_record", T.StringType(), "Raw text of a record that could not be parsed."),
@@ -38,19 +42,20 @@ LANDING_METADATA = [
 BRONZE_EVENTS_SCHEMA = T.StructType(
     strings(EVENT_COLUMNS) + [T.StructField("properties", STRING_MAP)] + LANDING_METADATA)
 BRONZE_CRM_SCHEMA = T.StructType(strings(CRM_COLUMNS) + LANDING_METADATA)
+BRONZE_CATALOG_SCHEMA = T.StructType(strings(CATALOG_COLUMNS) + LANDING_METADATA)
 
 
 @dataclass(frozen=True)
 class FieldMapping:
     """How one source's fields map to a bronze table's columns (see ``conf/sources``)."""
 
-    kind: str  # events | crm
+    kind: str  # events | crm | catalog
     columns: Mapping[str, str] = field(default_factory=dict)  # bronze column -> source field
     properties: Mapping[str, str] = field(default_factory=dict)  # properties key -> source field
     properties_field: str | None = "properties"
 
     def bronze_columns(self) -> tuple[str, ...]:
-        return EVENT_COLUMNS if self.kind == "events" else CRM_COLUMNS
+        return COLUMNS_BY_KIND[self.kind]
 
     def source_field(self, column: str) -> str:
         return self.columns.get(column, column)

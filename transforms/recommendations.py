@@ -14,7 +14,8 @@ recommendations as of a past time do not move when later events land.
    products (by summed weight) of the categories the customer interacted with, weighted by how
    much (``popular_in_category``); then the most popular products overall (``popular``).
 4. **Exclusions**: what the customer bought in the last ``exclude_bought_days``, and products the
-   ``available`` frame does not hold (out of stock) when one is given.
+   ``out_of_stock`` frame holds when one is given (the catalog's stock now: a backfill as of a
+   past time still leaves out what cannot be bought today).
 5. The best tier of each product wins; the top ``top_n`` by tier, score, then ``product_id``
    (deterministic ties) get ranks 1..N.
 """
@@ -101,7 +102,7 @@ def item_similarity(config: RecsConfig) -> Transform:
     return transform
 
 
-def recommend(customers: DataFrame, as_of: datetime, config: RecsConfig, available: DataFrame | None = None,
+def recommend(customers: DataFrame, as_of: datetime, config: RecsConfig, out_of_stock: DataFrame | None = None,
               popularity_only: bool = False) -> Transform:
     """Silver events -> ``gold.product_recommendations`` rows for every customer in ``customers``
     (a frame with ``customer_id``). ``popularity_only``: the baseline (overall popularity, the
@@ -140,8 +141,8 @@ def recommend(customers: DataFrame, as_of: datetime, config: RecsConfig, availab
                   .select("customer_id", "product_id").distinct())
         candidates = candidates.join(people, "customer_id", "left_semi").join(bought, ["customer_id", "product_id"],
                                                                               "left_anti")
-        if available is not None:
-            candidates = candidates.join(available.select("product_id"), "product_id", "left_semi")
+        if out_of_stock is not None:
+            candidates = candidates.join(F.broadcast(out_of_stock.select("product_id")), "product_id", "left_anti")
         best = Window.partitionBy("customer_id", "product_id").orderBy("tier", F.desc("score"))
         order = Window.partitionBy("customer_id").orderBy("tier", F.desc("score"), "product_id")
         reason = F.element_at(F.array(*[F.lit(r) for r in REASONS]), F.col("tier") + 1)

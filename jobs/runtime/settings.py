@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.runtime.errors import ConfigError
-from transforms.bronze import CRM_COLUMNS, EVENT_COLUMNS, FieldMapping
+from transforms.bronze import COLUMNS_BY_KIND, FieldMapping
 
 DEFAULT_ENV = "local"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,8 @@ class SparkSettings(Frozen):
 class IngestSettings(Frozen):
     event_sources: tuple[str, ...] = ("web",)
     crm_sources: tuple[str, ...] = ("crm",)
+    catalog_sources: tuple[str, ...] = Field(
+        default=("catalog",), description="Product catalog feeds (-> bronze.catalog -> silver.products).")
     max_files_per_batch: int = Field(default=1000, gt=0, description="Files landed per micro-batch at most.")
     max_file_age: str = Field(
         default="3650d", pattern=r"^\d+\s*[a-z]+$",
@@ -331,7 +333,7 @@ class SourceSettings(Frozen):
     """One landing source: where its files are and how their fields map to bronze columns."""
 
     name: str
-    kind: Literal["events", "crm"]
+    kind: Literal["events", "crm", "catalog"]
     format: Literal["json", "csv"]
     path: str | None = Field(default=None, description="Folder under landing.root (or a URI).")
     description: str = ""
@@ -367,7 +369,7 @@ class SourceSettings(Frozen):
     @classmethod
     def _known_columns(cls, columns: dict[str, str], info: Any) -> dict[str, str]:
         kind = info.data.get("kind")
-        allowed = EVENT_COLUMNS if kind == "events" else CRM_COLUMNS
+        allowed = COLUMNS_BY_KIND.get(kind, ())
         unknown = sorted(set(columns) - set(allowed))
         if unknown:
             raise ValueError(
@@ -398,6 +400,8 @@ class Settings(Frozen):
     destinations: DestinationsSettings = Field(default_factory=DestinationsSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
     rules_dir: str = Field(default="", description="Folder of rule files (default: the project's rules/).")
+    templates_dir: str = Field(default="", description="Folder of Liquid email templates (default: the project's "
+                               "templates/).")
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 
     def source(self, name: str, kind: str) -> SourceSettings:
@@ -589,7 +593,11 @@ def load_settings(
         )
         where = f"--set {overridden}" if overridden else f"{path}: {loc}"
         raise ConfigError(f"{where}: {_describe(error)}") from None
-    for kind in ("event_sources", "crm_sources"):
+    if "catalog_sources" not in settings.ingest.model_fields_set:  # the default names a feed only where there is one
+        present = tuple(n for n in settings.ingest.catalog_sources if n in settings.sources)
+        ingest = settings.ingest.model_copy(update={"catalog_sources": present})
+        settings = settings.model_copy(update={"ingest": ingest})
+    for kind in ("event_sources", "crm_sources", "catalog_sources"):
         for name in getattr(settings.ingest, kind):
             if name not in settings.sources:
                 raise ConfigError(

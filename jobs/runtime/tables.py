@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 
 from jobs.runtime import runlog
 from jobs.runtime.errors import ConfigError
-from transforms.bronze import BRONZE_CRM_SCHEMA, BRONZE_EVENTS_SCHEMA
+from transforms.bronze import BRONZE_CATALOG_SCHEMA, BRONZE_CRM_SCHEMA, BRONZE_EVENTS_SCHEMA
 from transforms.gold_features import CUSTOMER_FEATURES_SCHEMA
 from transforms.gold_state import CUSTOMER_DAILY_SCHEMA
 from transforms.recommendations import RECOMMENDATIONS_SCHEMA
@@ -35,6 +35,7 @@ from transforms.schema import LONG, STR, STRINGS, TS, fields
 from transforms.segments import SEGMENT_MEMBERSHIP_SCHEMA
 from transforms.silver_customers import CUSTOMERS_HISTORY_SCHEMA, CUSTOMERS_SCHEMA, REJECTED_CUSTOMERS_SCHEMA
 from transforms.silver_events import IDENTITY_MAP_SCHEMA, REJECTED_EVENTS_SCHEMA, SILVER_EVENTS_SCHEMA
+from transforms.silver_products import PRODUCTS_SCHEMA, REJECTED_PRODUCTS_SCHEMA
 from transforms.sync import SYNC_LEDGER_SCHEMA, SYNC_STATE_SCHEMA
 
 DQ_RESULT = T.StructType(fields(
@@ -130,6 +131,8 @@ REGISTRY: dict[str, TableSpec] = {
                   properties=CHANGE_FEED),
         TableSpec("bronze", "crm", BRONZE_CRM_SCHEMA,
                   "Every landed CRM profile record as exported, with provenance.", properties=CHANGE_FEED),
+        TableSpec("bronze", "catalog", BRONZE_CATALOG_SCHEMA,
+                  "Every landed product catalog record as the feed sent it, with provenance."),
         TableSpec("silver", "events", SILVER_EVENTS_SCHEMA,
                   "Cleansed, deduplicated, bot-filtered events in the canonical schema, UTC times.",
                   partition_by=("event_date",), properties=CHANGE_FEED),
@@ -145,6 +148,11 @@ REGISTRY: dict[str, TableSpec] = {
                   "Every version of every customer profile (SCD2: valid_from, valid_to, is_current)."),
         TableSpec("silver", "rejected_customers", REJECTED_CUSTOMERS_SCHEMA,
                   "Every bronze CRM record that could not be used, as it landed, with its reason codes."),
+        TableSpec("silver", "products", PRODUCTS_SCHEMA,
+                  "One row per product: the catalog feed's newest record, or what events tell of a product "
+                  "no feed lists (source = events)."),
+        TableSpec("silver", "rejected_products", REJECTED_PRODUCTS_SCHEMA,
+                  "Every catalog record that could not be used, as it landed, with its reason codes."),
         TableSpec("gold", "customer_daily", CUSTOMER_DAILY_SCHEMA,
                   "Per customer and day: what the features need from that day's events (incremental state).",
                   partition_by=("event_date",)),

@@ -87,10 +87,18 @@ from transforms.silver_events import (
     rejected_as_parsed,
     stitch_identities,
 )
+from transforms.silver_products import (
+    PRODUCTS_SCHEMA,
+    latest_per_product,
+    parse_catalog,
+    products_from_events,
+)
+from transforms.silver_products import REASON_CODES as PRODUCT_REASON_CODES
 
 EVENTS, REJECTED, IDENTITY = "silver.events", "silver.rejected_events", "silver.identity_map"
 CUSTOMERS, HISTORY, REJECTED_CUSTOMERS = "silver.customers", "silver.customers_history", "silver.rejected_customers"
 DAILY = "gold.customer_daily"
+PRODUCTS, REJECTED_PRODUCTS = "silver.products", "silver.rejected_products"
 SILVER_COLUMNS = tuple(SILVER_EVENTS_SCHEMA.fieldNames())
 # Up to this many rows, a batch's keys are collected and filter the scans of earlier rows; up to
 # the second, they are broadcast to find earlier rows that share them; beyond, joined.
@@ -558,12 +566,82 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
     return tally
 
 
+# -- products -------------------------------------------------------------------------------------
+def _upsert_products(spark: SparkSession, root: str, batch: Batch, rows: DataFrame, replaces: str) -> int:
+    """Products in ``rows`` (one per id) into silver.products: new ones inserted, existing ones
+    replaced where ``replaces`` holds. Returns the rows written."""
+    rows = rows.withColumn("_batch_id", F.lit(batch.batch_id).cast("long")).select(*PRODUCTS_SCHEMA.fieldNames())
+    if not holds_rows(spark, root, PRODUCTS):
+        return append(rows, root, PRODUCTS, txn=batch.txn(PRODUCTS))["rows"]
+    done = merge(spark, root, PRODUCTS, lambda t: t.alias("t").merge(rows.alias("s"), "t.product_id = s.product_id")
+                 .whenMatchedUpdateAll(condition=replaces).whenNotMatchedInsertAll(), txn=batch.txn(PRODUCTS))
+    return done["num_inserted_rows"] + done["num_updated_rows"]
+
+
+def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult) -> Tally:
+    """Catalog records -> silver.products (newest ``updated_at`` wins; a feed's record replaces
+    one made from events), then products the new silver events mention and no feed lists."""
+    root = settings.lakehouse.root
+    tally = Tally()
+    catalog = current_version(spark, table_path(root, "bronze.catalog"))
+    if catalog >= 0 and not caught_up(spark, root, "cleanse/products", catalog):
+        for key in (PRODUCTS, REJECTED_PRODUCTS):
+            ensure_table(spark, root, key)
+        latest = utc_now() + timedelta(minutes=settings.cleanse.max_clock_skew_minutes)
+
+        def handle(batch: Batch) -> None:
+            parsed = batch.df.transform(parse_catalog(latest)).withColumn(
+                "_batch_id", F.lit(batch.batch_id).cast("long")).persist()
+            try:
+                reasons = Counter({tuple(r["_reasons"]): r["count"]
+                                   for r in parsed.groupBy("_reasons").count().collect()})  # a handful
+                usable = reasons.pop((), 0)
+                turned_away = sum(reasons.values())
+                written = 0
+                if turned_away:
+                    written = append(parsed.where(F.size("_reasons") > 0).select(
+                        F.col("_reasons").alias("reasons"), "_raw.*", "_batch_id"), root, REJECTED_PRODUCTS,
+                        txn=batch.txn(REJECTED_PRODUCTS))["rows"]
+                    if written:  # zero: a replay, whose write Delta skipped
+                        _balance(PRODUCTS, usable + turned_away, usable, written, 0)
+                if usable:
+                    newest = latest_per_product(parsed.where(F.size("_reasons") == 0))
+                    _upsert_products(spark, root, batch, newest, "t.source = 'events' OR s.updated_at > t.updated_at")
+                tally.batches += 1
+                tally.bronze_rows += usable + turned_away
+                tally.silver_rows += usable
+                tally.rejected_rows += turned_away
+                for combination, count in reasons.items():
+                    tally.reasons.update({reason: count for reason in combination})
+            finally:
+                parsed.unpersist()
+
+        process_new(root, "cleanse/products", _bronze_stream(spark, root, "bronze.catalog"), handle)
+    _record(stage, "products", PRODUCTS, tally, PRODUCT_REASON_CODES, ())
+    events = current_version(spark, table_path(root, EVENTS))
+    if events >= 0 and not caught_up(spark, root, "cleanse/products_from_events", events):
+        ensure_table(spark, root, PRODUCTS)
+        completed = Counter()
+
+        def complete(batch: Batch) -> None:
+            completed["rows"] += _upsert_products(spark, root, batch, products_from_events(batch.df),
+                                                  "t.source = 'events' AND s.updated_at > t.updated_at")
+
+        process_new(root, "cleanse/products_from_events", _bronze_stream(spark, root, EVENTS), complete)
+        stage.metrics["products.from_events"] = completed["rows"]
+    if catalog >= 0 or events >= 0:
+        stage.versions[PRODUCTS] = current_version(spark, table_path(root, PRODUCTS))
+    return tally
+
+
 def cleanse_stage(spark: SparkSession, settings: Settings, stage: StageResult, events: bool = True,
                   customers: bool = True) -> None:
     if events:
         cleanse_events(spark, settings, stage)
     if customers:
         cleanse_customers(spark, settings, stage)
+    if events:
+        cleanse_products(spark, settings, stage)
 
 
 def cleanse(spark: SparkSession, settings: Settings, events: bool = True, customers: bool = True) -> StageResult:

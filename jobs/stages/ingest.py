@@ -1,4 +1,4 @@
-"""Bronze landing: new files of a source -> ``bronze.events`` / ``bronze.crm``, exactly once.
+"""Bronze landing: new files of a source -> ``bronze.events``, ``bronze.crm``, ``bronze.catalog``; once.
 
 Each source is a Structured Streaming file source over its landing folder (see
 :mod:`jobs.runtime.streams`): the checkpoint ``_checkpoints/ingest/{source}`` records which files
@@ -33,7 +33,8 @@ from jobs.runtime.streams import Batch, checkpoint_path, process_new
 from jobs.runtime.tables import append, current_version, ensure_table, read_or_empty, spec, table_path
 from transforms.bronze import conform_to, map_csv_records, parse_json_records, with_landing_metadata
 
-BRONZE_TABLES = {"events": "bronze.events", "crm": "bronze.crm"}
+BRONZE_TABLES = {"events": "bronze.events", "crm": "bronze.crm", "catalog": "bronze.catalog"}
+KINDS = tuple(BRONZE_TABLES)
 QUARANTINE = "ops.quarantined_files"
 SUFFIXES = {
     "json": (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
@@ -248,9 +249,15 @@ def _missing(settings: Settings, source: SourceSettings) -> InputError:
                       f"landing.root={settings.landing.root})")
 
 
+def configured_sources(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Per kind, the sources ``ingest.*_sources`` names."""
+    ingest = settings.ingest
+    return {"events": ingest.event_sources, "crm": ingest.crm_sources, "catalog": ingest.catalog_sources}
+
+
 def sources_to_land(settings: Settings, kind: str, source_name: str | None = None) -> list[SourceSettings]:
     """The named source, or every source configured under ``ingest.<kind>_sources``."""
-    configured = settings.ingest.event_sources if kind == "events" else settings.ingest.crm_sources
+    configured = configured_sources(settings)[kind]
     return [settings.source(name, kind) for name in ([source_name] if source_name else configured)]
 
 
@@ -264,7 +271,7 @@ def check_local_landing(settings: Settings, kind: str, source_name: str | None =
 
 
 def ingest_stage(spark: SparkSession, settings: Settings, stage: StageResult,
-                 kinds: tuple[str, ...] = ("events", "crm"), source_name: str | None = None) -> None:
+                 kinds: tuple[str, ...] = KINDS, source_name: str | None = None) -> None:
     """Land the named source, or every source configured under ``ingest.<kind>_sources``."""
     for kind in kinds:
         for source in sources_to_land(settings, kind, source_name):
@@ -272,7 +279,7 @@ def ingest_stage(spark: SparkSession, settings: Settings, stage: StageResult,
 
 
 def ingest(spark: SparkSession, settings: Settings, kind: str, source_name: str | None = None) -> StageResult:
-    """``lakehouse ingest events|crm``: one stage, recorded."""
+    """``lakehouse ingest events|crm|catalog``: one stage, recorded."""
     return run_stage(spark, settings.lakehouse.root, settings.env, "ingest",
                      lambda stage: ingest_stage(spark, settings, stage, (kind,), source_name))
 

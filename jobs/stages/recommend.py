@@ -3,7 +3,8 @@
 
 Like the features, the result replaces the table in one commit unless it equals what the table
 holds (a digest of every value but ``as_of`` in the commit's metadata), and a rerun whose inputs
-did not change (silver events, the customers, the time, the settings) skips the computation.
+did not change (silver events, the customers, the catalog, the time, the settings) skips the
+computation. Products the catalog marks out of stock are left out.
 Past recommendations stay readable by Delta version; ``lakehouse recs show --as-of`` recomputes
 them as of any time from the events before it.
 """
@@ -14,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
 from jobs.runtime.settings import Settings
@@ -22,6 +24,7 @@ from jobs.stages.features import FEATURES, as_utc, digest
 from transforms.recommendations import RecsConfig, hit_rate_and_mrr, next_products, recommend
 
 RECOMMENDATIONS = "gold.product_recommendations"
+PRODUCTS = "silver.products"
 CONTENT = ("customer_id", "rank", "product_id", "score", "reason")  # every column but as_of
 
 
@@ -36,15 +39,16 @@ def compute_recommendations(spark: SparkSession, settings: Settings, as_of: date
     root = settings.lakehouse.root
     if customers is None:
         customers = read_or_empty(spark, root, FEATURES).select("customer_id")
+    out_of_stock = read_or_empty(spark, root, PRODUCTS).where(~F.col("in_stock"))
     return read_or_empty(spark, root, "silver.events").transform(
-        recommend(customers, as_of, config(settings), popularity_only=popularity_only))
+        recommend(customers, as_of, config(settings), out_of_stock, popularity_only=popularity_only))
 
 
 def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
     root = settings.lakehouse.root
     as_of = as_utc(as_of)
     path = table_path(root, RECOMMENDATIONS)
-    inputs = {**{key: current_version(spark, table_path(root, key)) for key in ("silver.events", FEATURES)},
+    inputs = {**{key: current_version(spark, table_path(root, key)) for key in ("silver.events", FEATURES, PRODUCTS)},
               "as_of": as_of.isoformat(), "config": settings.recommendations.model_dump()}
     previous = previous_outcome(spark, root, "recommend", path, inputs)
     if previous is not None:

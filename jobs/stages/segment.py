@@ -35,7 +35,7 @@ MEMBERSHIP = "gold.segment_membership"
 SEGMENT_RUNS = "ops.segment_runs"
 
 
-def _conditions(segments: list[Segment], as_of: datetime) -> list[tuple[str, Column]]:
+def conditions(segments: list[Segment], as_of: datetime) -> list[tuple[str, Column]]:
     return [
         (s.id, compile_condition(s.where, FEATURE_TYPES, as_of) if s.where is not None
          else F.coalesce(F.expr(s.sql), F.lit(False)))
@@ -101,7 +101,7 @@ def _judge(spark: SparkSession, root: str, segments: list[Segment], as_of: datet
     features = spark.read.format("delta").load(table_path(root, FEATURES)).withColumn(
         "as_of", F.lit(as_of).cast("timestamp"))  # unchanged features stand for this as_of too
     previous = spark.read.format("delta").load(path)
-    compared = features.transform(members(_conditions(segments, as_of))).transform(
+    compared = features.transform(members(conditions(segments, as_of))).transform(
         compare_membership(previous, as_of)).persist()
     try:
         counted = {r["segment_id"]: (r["size"], r["entered"], r["exited"])

@@ -6,6 +6,9 @@
   file per day (late events land in the next day's file, future ones in the last);
 - ``out/crm/customers-000.csv`` (the full export) and ``customers-001.csv`` (later updates,
   including stale records older than the export that must not win);
+- ``out/catalog/products-000.csv`` (every product the events mention, with names, images, stock,
+  and two records the catalog cleanse must turn away) and ``products-001.csv`` (later price and
+  stock changes, one of them stale: older than the record it would replace);
 - ``out/manifest.json`` -- the exact count of every kind of record written.
 
 The kinds of dirt never overlap: a duplicated event is otherwise clean, a bot event is not also
@@ -522,12 +525,58 @@ CRM_HEADER = [
 ]
 
 
-def _csv(rows: list[list[str]]) -> str:
+def _csv(rows: list[list[str]], header: list[str] = CRM_HEADER) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CRM_HEADER)
+    writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+CATALOG_HEADER = ["product_id", "name", "url", "image_url", "price", "currency", "category", "brand", "in_stock",
+                  "updated_at"]
+BRANDS = ["Acme", "Northwind", "Lumen", "Vertex", "Solace", "Kestrel", "Orbit", "Halcyon"]
+MODELS = ["Aurora", "Nimbus", "Pulse", "Atlas", "Nova", "Echo", "Summit", "Drift", "Flare"]
+SHOP = "https://shop.example"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _catalog_rows(gen: Generator) -> tuple[list[list[str]], list[list[str]], dict[str, int]]:
+    """The feed (every product, two unusable records) and a later update file. A separate random
+    stream, so the events and CRM records are the same with or without a catalog."""
+    rng = random.Random(gen.seed * 7919 + 1)
+    listed = gen.start - timedelta(days=3)
+    export: list[list[str]] = []
+    out_of_stock = set()
+    for category, products in gen.products.items():
+        leaf = category.split(".")[-1].replace("_", " ").title()
+        for product_id, price in products:
+            in_stock = rng.random() >= 0.1
+            if not in_stock:
+                out_of_stock.add(product_id)
+            name = f"{rng.choice(BRANDS)} {rng.choice(MODELS)} {leaf} {rng.randint(2, 99)}"
+            export.append([product_id, name, f"{SHOP}/p/{product_id}", f"{SHOP}/img/{product_id}.jpg",
+                           f"{price:.2f}", "USD", category, name.split()[0], "true" if in_stock else "false",
+                           _iso(listed - timedelta(minutes=rng.randint(0, 600)))])
+    export.append(["", "Nameless", "", "", "10.00", "USD", "kids.toys", "Acme", "true", _iso(listed)])
+    export.append(["P99001", "Broken price", "", "", "ten", "USD", "kids.toys", "Acme", "maybe", _iso(listed)])
+    updates: list[list[str]] = []
+    for row in rng.sample(export[:-2], 6):
+        changed = list(row)
+        changed[4] = f"{float(row[4]) * 0.9:.2f}"  # a 10 % markdown, and back in stock
+        changed[8] = "yes"
+        changed[9] = _iso(gen.start + timedelta(days=1))
+        out_of_stock.discard(row[0])
+        updates.append(changed)
+    stale = list(updates[0])
+    stale[4], stale[9] = "1.00", _iso(listed - timedelta(days=30))  # older than the export: must not win
+    updates.append(stale)
+    counts = {"rows": len(export) + len(updates), "products": len(export) - 2, "rejected": 2,
+              "updates": len(updates) - 1, "stale_updates": 1, "out_of_stock": len(out_of_stock)}
+    return export, updates, counts
 
 
 def default_end() -> datetime:
@@ -544,9 +593,11 @@ def generate(
     files = gen.events()
     lines = _with_dirt(gen, files)
     export, updates, stale = _crm_rows(gen)
+    catalog, catalog_updates, catalog_counts = _catalog_rows(gen)
 
     (out / "events").mkdir(parents=True, exist_ok=True)
     (out / "crm").mkdir(parents=True, exist_ok=True)
+    (out / "catalog").mkdir(parents=True, exist_ok=True)
     event_files = []
     for day, day_lines in enumerate(lines):
         name = f"events/events-{(gen.start + timedelta(days=day)):%Y%m%d}.json"
@@ -554,6 +605,8 @@ def generate(
         event_files.append(name)
     (out / "crm/customers-000.csv").write_text(_csv(export))
     (out / "crm/customers-001.csv").write_text(_csv(updates))
+    (out / "catalog/products-000.csv").write_text(_csv(catalog, CATALOG_HEADER))
+    (out / "catalog/products-001.csv").write_text(_csv(catalog_updates, CATALOG_HEADER))
 
     c, kinds = gen.counts, gen.counts.by_type
     counts = {
@@ -580,7 +633,8 @@ def generate(
         "events_per_day": events_per_day,
         "start": gen.start.isoformat().replace("+00:00", "Z"),
         "end": end.isoformat().replace("+00:00", "Z"),
-        "files": {"events": event_files, "crm": ["crm/customers-000.csv", "crm/customers-001.csv"]},
+        "files": {"events": event_files, "crm": ["crm/customers-000.csv", "crm/customers-001.csv"],
+                  "catalog": ["catalog/products-000.csv", "catalog/products-001.csv"]},
         "events": {
             "lines": total,
             **counts,
@@ -594,6 +648,7 @@ def generate(
             "updates": len(updates) - stale,
             "stale_updates": stale,
         },
+        "catalog": catalog_counts,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -91,13 +91,13 @@ def erased_filter(spark: SparkSession, settings: Settings) -> tuple[DataFrame, D
 
 
 def without_erased(erased: tuple[DataFrame, DataFrame] | None, kind: str) -> Callable[[DataFrame], DataFrame]:
-    """A transform dropping landed rows (``kind`` events or crm) of erased identifiers: each id is
+    """A transform dropping landed rows (``kind`` events or crm; catalog rows pass) of erased identifiers: each id is
     normalized, salted with the salt frame's value and compared with the erased hashes."""
-    columns = [normalized_id(F.col("customer_id")), normalized_id(F.col("anonymous_id"))] if kind == "events" else [
-        normalized_id(F.col("customer_id")), F.lower(F.trim(F.col("email")))]
+    columns = {"events": [normalized_id(F.col("customer_id")), normalized_id(F.col("anonymous_id"))],
+               "crm": [normalized_id(F.col("customer_id")), F.lower(F.trim(F.col("email")))]}.get(kind, [])
 
     def transform(frame: DataFrame) -> DataFrame:
-        if erased is None:
+        if erased is None or not columns:  # a catalog holds no one's data
             return frame
         salt, hashes = erased
         frame = frame.crossJoin(F.broadcast(salt))

@@ -46,7 +46,7 @@ def test_help_lists_every_command_with_a_description():
                  "tables", "jars"):
         assert f"  {name} " in result.output
     assert "generate" in _run("demo", "--help").output
-    assert {"events", "crm"} <= set(_run("ingest", "--help").output.split())
+    assert {"events", "crm", "catalog"} <= set(_run("ingest", "--help").output.split())
 
 
 def test_tables_and_quality_report_of_the_demo_lakehouse_match_its_manifest(demo_lakehouse):
@@ -55,6 +55,7 @@ def test_tables_and_quality_report_of_the_demo_lakehouse_match_its_manifest(demo
     assert tables["bronze.events"]["rows"] == manifest["events"]["lines"]
     assert tables["bronze.events"]["corrupt_rows"] == manifest["events"]["malformed_lines"]
     assert tables["bronze.crm"]["rows"] == manifest["crm"]["rows"]
+    assert tables["bronze.catalog"]["rows"] == manifest["catalog"]["rows"]
     assert tables["silver.events"]["rows"] == manifest["events"]["valid"]
     assert tables["bronze.events"]["last_run_status"] == "succeeded"
     assert tables["ops.dq_results"]["kind"] == "view" and tables["ops.dq_results"]["rows"] > 0
@@ -66,8 +67,8 @@ def test_tables_and_quality_report_of_the_demo_lakehouse_match_its_manifest(demo
     assert [line.split()[1] for line in report.output.splitlines()[2:]] == [
         "event_after_2000", "price_below_one_million", "purchase_has_order_id"]
     landed = _run("--conf", conf, "landed").output.splitlines()[2:]
-    assert len(landed) == len(manifest["files"]["events"]) + len(manifest["files"]["crm"])
-    assert {line.split()[0] for line in landed} == {"web", "crm"}
+    assert len(landed) == sum(len(files) for files in manifest["files"].values())
+    assert {line.split()[0] for line in landed} == {"web", "crm", "catalog"}
 
 
 def test_ingest_and_cleanse_print_what_they_landed_and_judged_and_a_rerun_adds_nothing(spark, tmp_path):
@@ -85,7 +86,7 @@ def test_ingest_and_cleanse_print_what_they_landed_and_judged_and_a_rerun_adds_n
     cleansed = _run(*roots, "cleanse", "--events", catch=False)
     assert cleansed.exit_code == 0, cleansed.output
     assert cleansed.output.splitlines()[2].split()[:6] == ["silver.events", "1", "4", "1", "2", "1"]
-    reasons = {line.split()[1]: line.split()[2] for line in cleansed.output.splitlines()[6:]}
+    reasons = {line.split()[1]: line.split()[2] for line in cleansed.output.split("\n\n")[1].splitlines()[2:]}
     assert reasons == {"corrupt_record": "1", "unknown_event_type": "1"}
 
     rerun = _run(*roots, "ingest", "events")
@@ -189,7 +190,7 @@ def test_run_goes_through_every_stage_and_prints_segment_sizes(demo_lakehouse, s
     lines = demo_lakehouse.outputs["run"].splitlines()
     assert lines[0].split()[-3:] == ["spark", "jobs", "commits"]  # --verbose: Spark jobs and commits too
     assert [line.split()[0] for line in lines[2:7]] == ["ingest", "cleanse", "features", "segment", "sync:file"]
-    assert lines[2].split()[1] == f"{manifest['events']['lines'] + manifest['crm']['rows']:,}"
+    assert lines[2].split()[1] == f"{manifest['events']['lines'] + manifest['crm']['rows'] + manifest['catalog']['rows']:,}"
     sizes = {line.split()[0]: line.split()[1] for line in lines[10:]}
     assert set(sizes) == {"abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
     exports = demo_lakehouse.base / "exports"

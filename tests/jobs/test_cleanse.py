@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from pyspark.sql import functions as F
@@ -63,8 +64,19 @@ def test_every_injected_kind_of_dirt_ends_where_the_manifest_says(spark, demo_la
     rejected = events["lines"] - events["valid"] - events["exact_duplicates"]
     assert metrics["rejected_rows"] == rejected
     crm = demo_lakehouse.manifest["crm"]
-    assert run["rows_in"] == events["lines"] + crm["rows"]
-    assert run["rows_rejected"] == rejected
+    catalog = demo_lakehouse.manifest["catalog"]
+    assert run["rows_in"] == events["lines"] + crm["rows"] + catalog["rows"]
+    assert run["rows_rejected"] == rejected + catalog["rejected"]
+    assert (run["metrics"]["products.bronze_rows"], run["metrics"]["products.rejected_rows"]) == (
+        catalog["rows"], catalog["rejected"])
+    assert [run["metrics"][f"products.reason.{r}"] for r in ("missing_product_id", "invalid_price",
+                                                             "invalid_in_stock")] == [1, 1, 1]
+    products = _table(spark, settings, "silver.products")
+    assert products.count() == catalog["products"]  # every product events mention is in the feed
+    assert products.where(F.col("source") != "catalog").count() == 0
+    assert products.where(~F.col("in_stock")).count() == catalog["out_of_stock"]
+    assert products.where(F.col("price") == 1).count() == 0  # the stale update did not win
+    assert _table(spark, settings, "silver.rejected_products").count() == catalog["rejected"]
     assert run["metrics"]["customers.bronze_rows"] == crm["rows"] == run["metrics"]["customers.silver_rows"]
     assert _table(spark, settings, "silver.events").count() == events["valid"]
     assert _table(spark, settings, "silver.rejected_events").count() == rejected
@@ -166,6 +178,32 @@ def test_an_older_crm_record_landing_later_does_not_overwrite_a_newer_one(spark,
     assert history[0]["valid_to"] == history[1]["valid_from"] == datetime(2026, 11, 10)
 
 
+@pytest.mark.slow
+def test_a_product_known_from_events_takes_the_feed_s_record_and_keeps_it(spark, settings):
+    view = {"customer_id": "C1", "event_type": "product_view", "timestamp": "2026-11-19T10:00:00Z",
+            "product_id": "p1", "url": "/p/P1", "properties": {"price": 5, "name": "Kite"}}
+    _land(settings, "events", "a.json", [view | {"event_id": "e1"},
+                                         view | {"event_id": "e2", "product_id": "P2", "url": "/p/P2"}])
+    ingest(spark, settings, "events")
+    cleanse(spark, settings)
+    header = "product_id,name,url,image_url,price,currency,category,brand,in_stock,updated_at"
+    _land(settings, "catalog", "feed.csv", [header, "P1,Kite Pro,/p/P1,/i/P1.jpg,7.00,USD,kids.toys,Acme,no,"
+                                                    "2026-11-01T00:00:00Z"])
+    ingest(spark, settings, "catalog")
+    cleanse(spark, settings)
+    _land(settings, "events", "b.json", [view | {"event_id": "e3", "timestamp": "2026-11-19T11:00:00Z",
+                                                 "properties": {"price": 3}}])
+    ingest(spark, settings, "events")
+    cleanse(spark, settings)
+
+    rows = _rows(spark, settings, "silver.products", ["product_id"])
+    assert [r[:11] for r in rows] == [
+        ("P1", "Kite Pro", "/p/P1", "/i/P1.jpg", Decimal("7.00"), "USD", "kids.toys", "Acme", False,
+         datetime(2026, 11, 1), "catalog"),
+        ("P2", "Kite", "/p/P2", None, Decimal("5.00"), None, None, None, None, datetime(2026, 11, 19, 10), "events"),
+    ]
+
+
 def test_rees46_goes_through_to_silver(spark, settings):
     os.makedirs(os.path.join(settings.landing.root, "rees46"))
     shutil.copy(TEST_DATA / "rees46" / "2019-Oct-sample.csv", os.path.join(settings.landing.root, "rees46"))
@@ -182,6 +220,10 @@ def test_rees46_goes_through_to_silver(spark, settings):
     assert {r["event_type"] for r in silver.select("event_type").distinct().collect()} <= {
         "product_view", "add_to_cart", "remove_from_cart", "purchase"}
     assert silver.where(F.col("event_type") == "add_to_cart").count() > 0
+    # No feed: the products come from the events, with the category and brand REES46 carries.
+    product = _table(spark, settings, "silver.products").where(F.col("product_id") == "3900821").first()
+    assert (product["category"], product["brand"], product["source"]) == (
+        "appliances.environment.water_heater", "aqua", "events")
 
 
 def test_a_new_source_field_lands_in_silver_properties(spark, settings):

@@ -18,7 +18,7 @@ def _conf(tmp_path: Path, text: str, sources: dict[str, str] | None = None) -> P
     return path
 
 
-MINIMAL = "lakehouse: {root: lh}\nlanding: {root: land}\ningest: {event_sources: [], crm_sources: []}\n"
+MINIMAL = "lakehouse: {root: lh}\nlanding: {root: land}\ningest: {event_sources: [], crm_sources: [], catalog_sources: []}\n"
 
 
 def test_local_env_is_the_default_and_relative_roots_become_absolute(monkeypatch, tmp_path):

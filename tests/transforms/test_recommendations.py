@@ -96,9 +96,9 @@ def test_later_and_older_events_do_not_count_and_top_n_cuts(spark):
                               1e-9, ignore_nullable=True)
 
 
-def test_unavailable_products_are_never_recommended(spark):
-    available = spark.createDataFrame([("P2",), ("P3",), ("P4",)], "product_id string")
-    recs = _events(spark).transform(recommend(_customers(spark, "C4"), AS_OF, RecsConfig(top_n=4), available))
+def test_out_of_stock_products_are_never_recommended(spark):
+    out_of_stock = spark.createDataFrame([("P1",)], "product_id string")
+    recs = _events(spark).transform(recommend(_customers(spark, "C4"), AS_OF, RecsConfig(top_n=4), out_of_stock))
     assert [(r["rank"], r["product_id"], r["reason"]) for r in _ordered(recs).collect()] == [
         (1, "P2", "popular_in_category"), (2, "P4", "popular_in_category"), (3, "P3", "popular")]
 
