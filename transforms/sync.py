@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -29,25 +29,57 @@ SYNC_STATE_SCHEMA = T.StructType(fields(
     ("through_batch_seq", LONG),
 ))
 ACKNOWLEDGED, REFUSED = "acknowledged", "refused"
-TEMPLATE_FIELDS = (
+FEATURE_FIELDS = (
     "email", "first_name", "last_viewed_product", "last_viewed_category", "abandoned_products", "rfm_segment",
 )
+# Lists of {id, name, url, image_url, price}: the customer's recommendations in rank order, and
+# the products of their abandoned cart, so a platform's own templates can show them.
+PRODUCT_LISTS = ("recommended_products", "cart_items")
+TEMPLATE_FIELDS = (*FEATURE_FIELDS, *PRODUCT_LISTS)
 ACTION_ORDER = {"remove": 0, "add": 1, "update": 2}
 
 
-def desired_members(features: DataFrame) -> Transform:
-    """Membership ``(segment_id, customer_id, ...)`` -> consenting members with attributes."""
+def _card() -> Column:
+    """A product as a platform's template shows it (after a join to the catalog)."""
+    return F.struct(F.col("product_id").alias("id"), F.coalesce("name", "product_id").alias("name"), "url",
+                    "image_url", F.col("price").cast(T.DoubleType()).alias("price"))
+
+
+def _ordered_cards(frame: DataFrame, order: str, name: str) -> DataFrame:
+    """``(customer_id, order, product_id + catalog columns)`` -> ``(customer_id, name)``: cards in order."""
+    ranked = F.sort_array(F.collect_list(F.struct(F.col(order).alias("_order"), _card().alias("card"))))
+    return frame.groupBy("customer_id").agg(F.transform(ranked, lambda item: item["card"]).alias(name))
+
+
+def desired_members(features: DataFrame, recommendations: DataFrame, products: DataFrame) -> Transform:
+    """Membership ``(segment_id, customer_id, ...)`` -> consenting members with attributes: the
+    features' (:data:`FEATURE_FIELDS`), their recommendations and their abandoned cart as product
+    lists (:data:`PRODUCT_LISTS`, empty when none), and the hash of them all."""
 
     def transform(membership: DataFrame) -> DataFrame:
         profile = features.where(F.col("email_consent") & F.col("email").isNotNull()).select(
-            "customer_id", *TEMPLATE_FIELDS)
+            "customer_id", *FEATURE_FIELDS)
+        members = membership.select("segment_id", "customer_id").join(profile, "customer_id")
+        people = members.select("customer_id").distinct()
+        catalog = products.select("product_id", "name", "url", "image_url", "price")
+        recommended = _ordered_cards(recommendations.join(people, "customer_id", "left_semi")
+                                     .join(catalog, "product_id", "left"), "rank", "recommended_products")
+        carts = _ordered_cards(profile.join(people, "customer_id", "left_semi")
+                               .select("customer_id", F.posexplode("abandoned_products").alias("_pos", "product_id"))
+                               .join(catalog, "product_id", "left"), "_pos", "cart_items")
+        empty = F.array().cast(T.ArrayType(_card_type()))
         return (
-            membership.select("segment_id", "customer_id")
-            .join(profile, "customer_id")
+            members.join(recommended, "customer_id", "left").join(carts, "customer_id", "left")
+            .withColumns({name: F.coalesce(name, empty) for name in PRODUCT_LISTS})
             .withColumn("attr_hash", F.sha2(F.to_json(F.struct(*TEMPLATE_FIELDS)), 256))
         )
 
     return transform
+
+
+def _card_type() -> T.StructType:
+    return T.StructType(fields(("id", STR), ("name", STR), ("url", STR), ("image_url", STR),
+                               ("price", T.DoubleType())))
 
 
 def delivered_members(state: DataFrame, ledger_tail: DataFrame) -> DataFrame:

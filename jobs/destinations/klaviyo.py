@@ -36,7 +36,8 @@ MAX_IMPORT_PROFILES = 10_000
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 MAX_LIST_REMOVE = 1_000
 MAX_FILTER_IDS = 100  # page[size] is at most 100, so one page answers one lookup
-PROPERTY_FIELDS = ("last_viewed_product", "last_viewed_category", "abandoned_products", "rfm_segment")
+PROPERTY_FIELDS = ("last_viewed_product", "last_viewed_category", "abandoned_products", "rfm_segment",
+                   "recommended_products", "cart_items")
 
 # Each endpoint's documented limits (x-klaviyo-ratelimit in Klaviyo's OpenAPI files).
 RATE_LIMITS: dict[str, tuple[str, str]] = {

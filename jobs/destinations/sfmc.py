@@ -42,7 +42,7 @@ from jobs.destinations.http import (
 )
 from jobs.runtime.secrets import ENVIRONMENT, SecretSource
 from jobs.runtime.settings import SfmcDestination as SfmcSettings
-from transforms.sync import TEMPLATE_FIELDS
+from transforms.sync import FEATURE_FIELDS, PRODUCT_LISTS
 
 TOKEN_MARGIN_SECONDS = 60
 DELETE_BATCH = 200
@@ -58,7 +58,9 @@ def row_item(row: dict[str, Any]) -> dict[str, Any]:
     """A change row -> a data extension row (names as the data extension's columns)."""
     item: dict[str, Any] = {"customer_id": row["customer_id"], "in_segment": row["action"] != "remove"}
     if row["action"] != "remove":
-        item.update({name: row.get(name) for name in TEMPLATE_FIELDS})
+        item.update({name: row.get(name) for name in FEATURE_FIELDS})
+        # A data extension column holds text: the product lists go as JSON (AMPscript parses it).
+        item.update({name: json.dumps(row.get(name) or [], separators=(",", ":")) for name in PRODUCT_LISTS})
     return item
 
 

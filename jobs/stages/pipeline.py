@@ -44,11 +44,18 @@ def _segment(spark: SparkSession, settings: Settings, as_of: datetime, stage: St
     segment_stage(spark, settings, as_of, stage, features_ready=True)
 
 
+def _recommend(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
+    from jobs.stages.recommend import recommend_stage
+
+    recommend_stage(spark, settings, as_of, stage, keep_recent=True)
+
+
 STAGES: tuple[tuple[str, StageFn], ...] = (
     ("ingest", _ingest),
     ("cleanse", _cleanse),
     ("features", _features),
     ("segment", _segment),
+    ("recommend", _recommend),
 )
 
 
@@ -63,7 +70,7 @@ def _sync_stage(name: str, allow_large_change: bool) -> StageFn:
 
 def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = (),
                allow_large_change: bool = False) -> list[StageResult]:
-    """ingest -> cleanse -> features -> segment (-> sync to each destination) as stages of ``run``;
+    """ingest -> cleanse -> features -> segment -> recommend (-> sync to each destination) as stages of ``run``;
     a failure stops the run and names its stage."""
     from jobs.destinations import destination
 

@@ -6,18 +6,20 @@ holds (a digest of every value but ``as_of`` in the commit's metadata), and a re
 did not change (silver events, the customers, the catalog, the time, the settings) skips the
 computation. Products the catalog marks out of stock are left out.
 Past recommendations stay readable by Delta version; ``lakehouse recs show --as-of`` recomputes
-them as of any time from the events before it.
+them as of any time from the events before it. As a stage of ``lakehouse run`` and ``stream``
+(after segment), a build less than ``recommendations.refresh_minutes`` older than the run's time
+is kept without a Spark job: recommendations move with days of behaviour, not with every tick.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
+from jobs.runtime.runlog import StageResult, previous_outcome, recorded_outcomes, run_stage
 from jobs.runtime.settings import Settings
 from jobs.runtime.tables import current_version, last_commit_metadata, overwrite, read_or_empty, table_path
 from jobs.stages.features import FEATURES, as_utc, digest
@@ -44,12 +46,47 @@ def compute_recommendations(spark: SparkSession, settings: Settings, as_of: date
         recommend(customers, as_of, config(settings), out_of_stock, popularity_only=popularity_only))
 
 
-def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
+def _config(settings: Settings) -> dict[str, object]:
+    """The settings the recommendations are a function of (not how often a run refreshes them)."""
+    return settings.recommendations.model_dump(exclude={"refresh_minutes"})
+
+
+def recent_build(spark: SparkSession, settings: Settings, as_of: datetime) -> dict[str, object] | None:
+    """The last build's outcome when it is as of at most ``recommendations.refresh_minutes``
+    before ``as_of``, with today's settings, and the table is still as it left it: read from the
+    table's last commit or the run log's (no Spark job)."""
+    root = settings.lakehouse.root
+    path = table_path(root, RECOMMENDATIONS)
+    refresh = timedelta(minutes=settings.recommendations.refresh_minutes)
+    recorded = recorded_outcomes(spark, root).get("recommend") or {}
+    own = last_commit_metadata(spark, path)
+    for built in (own, recorded if recorded.get("version") == current_version(spark, path) else {}):
+        inputs = built.get("inputs")
+        if not built.get("as_of") or not isinstance(inputs, dict) or inputs.get("config") != _config(settings):
+            continue
+        built_as_of = as_utc(datetime.fromisoformat(str(built["as_of"])))
+        if built_as_of <= as_of < built_as_of + refresh:
+            return built
+    return None
+
+
+def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult,
+                    keep_recent: bool = False) -> None:
+    """``gold.product_recommendations`` as of ``as_of``. ``keep_recent`` (run, stream): a build
+    less than ``recommendations.refresh_minutes`` old is kept as it is."""
     root = settings.lakehouse.root
     as_of = as_utc(as_of)
     path = table_path(root, RECOMMENDATIONS)
+    if keep_recent:
+        recent = recent_build(spark, settings, as_of)
+        if recent is not None:
+            stage.rows_out = int(str(recent["content"]).split(":")[0])
+            stage.versions[RECOMMENDATIONS] = current_version(spark, path)
+            stage.as_of = as_utc(datetime.fromisoformat(str(recent["as_of"])))
+            stage.details["kept"] = f"recommendations as of {recent['as_of']} kept (recommendations.refresh_minutes)"
+            return
     inputs = {**{key: current_version(spark, table_path(root, key)) for key in ("silver.events", FEATURES, PRODUCTS)},
-              "as_of": as_of.isoformat(), "config": settings.recommendations.model_dump()}
+              "as_of": as_of.isoformat(), "config": _config(settings)}
     previous = previous_outcome(spark, root, "recommend", path, inputs)
     if previous is not None:
         content = str(previous["content"])

@@ -53,6 +53,7 @@ from transforms.sync import (
 )
 
 MEMBERSHIP, FEATURES = "gold.segment_membership", "gold.customer_features"
+RECOMMENDATIONS, PRODUCTS = "gold.product_recommendations", "silver.products"
 LEDGER, STATE = "ops.sync_ledger", "ops.sync_state"
 
 
@@ -104,7 +105,8 @@ def _batches(changes: DataFrame, size: int) -> Iterator[tuple[str, list[dict[str
 def _payload(row: Row) -> dict[str, Any]:
     payload = {"action": row["action"], "customer_id": row["customer_id"], "attr_hash": row["attr_hash"]}
     if row["action"] != "remove":
-        payload.update({name: row[name] for name in TEMPLATE_FIELDS})
+        values = row.asDict(recursive=True)  # product lists: plain dicts
+        payload.update({name: values[name] for name in TEMPLATE_FIELDS})
     return payload
 
 
@@ -179,8 +181,9 @@ def sync_stage(
         targets = {s: _digest(target.target(s)) for s in chosen}
         if not (dry_run or full_refresh):
             _check_targets(spark, root, stage.stage, targets, sizes)
-        desired = membership.where(F.col("segment_id").isin(chosen)).transform(
-            desired_members(read_or_empty(spark, root, FEATURES)))
+        desired = membership.where(F.col("segment_id").isin(chosen)).transform(desired_members(
+            read_or_empty(spark, root, FEATURES), read_or_empty(spark, root, RECOMMENDATIONS),
+            read_or_empty(spark, root, PRODUCTS)))
         changes = desired.transform(plan_changes(delivered.where(F.col("segment_id").isin(chosen)),
                                                  full_refresh)).persist()
         try:
@@ -222,11 +225,15 @@ def _check_targets(spark: SparkSession, root: str, step: str, targets: dict[str,
 
 def _inputs(spark: SparkSession, settings: Settings, name: str, version: int, segment_ids: tuple[str, ...]
             ) -> dict[str, Any]:
-    """What a sync's changes are a function of besides the ledger: the membership and features
-    versions, the segments asked for and the destination's settings (a new target is new work)."""
+    """What a sync's changes are a function of besides the ledger: the membership, features,
+    recommendations and catalog versions, the segments asked for and the destination's settings
+    (a new target is new work)."""
     configured = settings.destinations.file if name == "file" else getattr(settings.destinations, name, None)
     target = json.dumps(configured.model_dump(mode="json") if configured is not None else None, sort_keys=True)
-    return {"membership": version, "features": current_version(spark, table_path(settings.lakehouse.root, FEATURES)),
+    root = settings.lakehouse.root
+    return {"membership": version, "features": current_version(spark, table_path(root, FEATURES)),
+            "recommendations": current_version(spark, table_path(root, RECOMMENDATIONS)),
+            "products": current_version(spark, table_path(root, PRODUCTS)),
             "segments": sorted(segment_ids), "target": hashlib.sha256(target.encode()).hexdigest()[:16]}
 
 

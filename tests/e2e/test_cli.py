@@ -189,9 +189,10 @@ def test_run_goes_through_every_stage_and_prints_segment_sizes(demo_lakehouse, s
     manifest, conf = demo_lakehouse.manifest, str(demo_lakehouse.conf)
     lines = demo_lakehouse.outputs["run"].splitlines()
     assert lines[0].split()[-3:] == ["spark", "jobs", "commits"]  # --verbose: Spark jobs and commits too
-    assert [line.split()[0] for line in lines[2:7]] == ["ingest", "cleanse", "features", "segment", "sync:file"]
+    assert [line.split()[0] for line in lines[2:8]] == [
+        "ingest", "cleanse", "features", "segment", "recommend", "sync:file"]
     assert lines[2].split()[1] == f"{manifest['events']['lines'] + manifest['crm']['rows'] + manifest['catalog']['rows']:,}"
-    sizes = {line.split()[0]: line.split()[1] for line in lines[10:]}
+    sizes = {line.split()[0]: line.split()[1] for line in lines[11:]}
     assert set(sizes) == {"abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
     exports = demo_lakehouse.base / "exports"
     assert len(list(exports.glob("*/manifest.json"))) == 2  # the run's sync and the one after the second segment run

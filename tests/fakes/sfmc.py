@@ -29,7 +29,7 @@ SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER = "http://exacttarget.com/wsdl/partnerAPI"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 COLUMNS = {"customer_id", "in_segment", "email", "first_name", "last_viewed_product", "last_viewed_category",
-           "abandoned_products", "rfm_segment"}
+           "abandoned_products", "rfm_segment", "recommended_products", "cart_items"}
 
 
 class FakeSfmc(FaultyServer):

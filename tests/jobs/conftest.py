@@ -32,7 +32,10 @@ def _cart(i, cid, ts):
 def _change_rows(ids, action="add"):
     return [{"action": action, "customer_id": c, "attr_hash": "h", "email": f"{c.lower()}@example.com",
              "first_name": c, "last_viewed_product": "p1", "last_viewed_category": "shoes",
-             "abandoned_products": ["p1"], "rfm_segment": "champions"} for c in ids]
+             "abandoned_products": ["p1"], "rfm_segment": "champions",
+             "recommended_products": [{"id": "P2", "name": "Kite", "url": "https://shop.example/p/P2",
+                                       "image_url": None, "price": 19.9}],
+             "cart_items": [{"id": "P1", "name": "P1", "url": None, "image_url": None, "price": None}]} for c in ids]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.runtime.tables import read_or_empty
-from jobs.stages import cleanse, features, ingest, pipeline, segment, sync
+from jobs.stages import cleanse, features, ingest, pipeline, recommend, segment, sync
 from jobs.stages.pipeline import run_pipeline
 
 AS_OF = datetime(2026, 11, 19, 12, 0, tzinfo=UTC)  # C1 and C3 left carts an hour and more before
@@ -41,7 +41,7 @@ def _land(base: Path) -> None:
 def _snapshot(spark, root):
     keys = ("bronze.events", "bronze.crm", "silver.events", "silver.rejected_events", "silver.identity_map",
             "silver.customers", "silver.customers_history", "gold.customer_daily", "gold.customer_features",
-            "gold.segment_membership", "ops.sync_state")
+            "gold.segment_membership", "ops.sync_state", "silver.products", "gold.product_recommendations")
     tables = {}
     for key in keys:
         frame = read_or_empty(spark, root, key)
@@ -57,8 +57,10 @@ KILLS = [  # (module, write function, the table whose commit is the last of its 
     (ingest, "append", "bronze.crm"),
     (cleanse, "append", "gold.customer_daily"),
     (cleanse, "append", "silver.customers_history"),
+    (cleanse, "append", "silver.products"),
     (features, "overwrite", "gold.customer_features"),
     (segment, "overwrite", "gold.segment_membership"),
+    (recommend, "overwrite", "gold.product_recommendations"),
     (sync, "append_rows", "ops.sync_ledger"),
 ]
 
@@ -91,11 +93,11 @@ def test_a_kill_after_any_stage_s_data_commit_and_a_rerun_give_the_tables_of_one
         monkeypatch.undo()
     finished = run_pipeline(spark, crashed, AS_OF, ("file",))
 
-    assert [s.status for s in finished] == ["succeeded"] * 5
+    assert [s.status for s in finished] == ["succeeded"] * 6
     assert _snapshot(spark, crashed.lakehouse.root) == _snapshot(spark, clean.lakehouse.root)
     runs = read_or_empty(spark, crashed.lakehouse.root, "ops.job_runs").where(F.col("job") == "run")
     assert sorted(r["status"] for r in runs.collect()) == ["failed"] * len(KILLS) + ["succeeded"]
 
 
 def test_the_pipeline_module_names_every_stage():
-    assert [name for name, _ in pipeline.STAGES] == ["ingest", "cleanse", "features", "segment"]
+    assert [name for name, _ in pipeline.STAGES] == ["ingest", "cleanse", "features", "segment", "recommend"]

@@ -4,6 +4,7 @@ OpenAPI contracts, measures the call rates and fails on purpose."""
 import json
 import logging
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +15,7 @@ from jobs.cli import cli
 from jobs.destinations.klaviyo import RATE_LIMITS, KlaviyoDestination, import_jobs, profile
 from jobs.destinations.limits import Limit, RateLimiter
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.tables import read_or_empty, read_table
+from jobs.runtime.tables import PRODUCTS_SCHEMA, RECOMMENDATIONS_SCHEMA, read_or_empty, read_table
 from jobs.stages.segment import run_segments
 from jobs.stages.sync import sync
 from tests.fakes.klaviyo import CONTRACTS, FakeKlaviyo
@@ -127,17 +128,27 @@ def _conf(tmp_path, settings, url):
 
 
 def test_with_a_fifth_of_calls_failing_klaviyo_ends_with_the_exact_membership(spark, lakehouse, fake, tmp_path,
-                                                                              caplog):
+                                                                              caplog, write_rows):
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="jobs")
     server, url = fake(fault_rate=0.2, reject_external_ids={"C3"})
     conf = _conf(tmp_path, lakehouse, url)
     runner = CliRunner()
     root = lakehouse.lakehouse.root
+    write_rows(lakehouse, "silver.products", [{"product_id": "P7", "name": "Kite", "url": "https://shop.example/p/P7",
+                                               "price": Decimal("19.90"), "source": "catalog"}], PRODUCTS_SCHEMA)
+    write_rows(lakehouse, "gold.product_recommendations", [
+        {"customer_id": "C1", "rank": rank, "product_id": product, "score": 1.0, "reason": "popular", "as_of": T0}
+        for rank, product in ((2, "P8"), (1, "P7"))], RECOMMENDATIONS_SCHEMA)
 
     first = runner.invoke(cli, ["--conf", str(conf), "sync", "klaviyo", "--segment", SEGMENT])
     assert first.exit_code == 0, first.output
     assert server.members(LIST) == {"C1", "C2", "C4", "C5"}  # C3's email is refused by Klaviyo
+    properties = {p["external_id"]: p["properties"] for p in server.profiles.values()}
+    assert properties["C1"]["recommended_products"] == [  # in rank order, each as the catalog knows it
+        {"id": "P7", "name": "Kite", "url": "https://shop.example/p/P7", "image_url": None, "price": 19.9},
+        {"id": "P8", "name": "P8", "url": None, "image_url": None, "price": None}]
+    assert (properties["C2"]["recommended_products"], properties["C2"]["cart_items"]) == ([], [])
     failures = read_table(spark, root, "ops.sync_failures").collect()
     assert [(r["customer_id"], r["error"]) for r in failures] == [("C3", "invalid: Invalid email address.")]
 

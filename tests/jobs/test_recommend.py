@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from jobs.runtime.tables import SILVER_EVENTS_SCHEMA, read_table
-from jobs.stages.recommend import RECOMMENDATIONS, build_recommendations
+from jobs.runtime.runlog import run_stage
+from jobs.runtime.tables import PRODUCTS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table
+from jobs.stages.recommend import RECOMMENDATIONS, build_recommendations, recommend_stage
 from tests.jobs.conftest import T0
 
 
@@ -45,3 +46,17 @@ def test_recommendations_as_of_a_time_stay_put_when_later_events_land(spark, lak
     assert later.versions[RECOMMENDATIONS] == first.versions[RECOMMENDATIONS] + 1
     assert not any(r[0] == "C1" and r[2] == "P3" for r in _rows(spark, settings))  # bought: not shown
     assert _rows(spark, settings, first.versions[RECOMMENDATIONS]) == before  # time travel
+
+    def scheduled(as_of):  # the stage as lakehouse run and stream run it
+        return run_stage(spark, settings.lakehouse.root, settings.env, "recommend",
+                         lambda stage: recommend_stage(spark, settings, as_of, stage, keep_recent=True))
+
+    write_rows(settings, "silver.products", [{"product_id": "P2", "in_stock": False, "source": "catalog"}],
+               PRODUCTS_SCHEMA)
+    kept = scheduled(T0 + timedelta(hours=2, minutes=59))  # within recommendations.refresh_minutes (60)
+    assert (kept.spark_jobs, sum(kept.commits.values()), kept.rows_out) == (0, 0, len(_rows(spark, settings)))
+    assert "kept" in kept.details
+    refreshed = scheduled(T0 + timedelta(hours=3))
+    assert "kept" not in refreshed.details
+    assert refreshed.versions[RECOMMENDATIONS] == later.versions[RECOMMENDATIONS] + 1
+    assert not any(r[2] == "P2" for r in _rows(spark, settings))  # out of stock: never recommended
