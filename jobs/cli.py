@@ -106,17 +106,32 @@ class Runtime:
 
 
 pass_runtime = click.make_pass_decorator(Runtime)
+OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                      help="text for people; json: one JSON document on stdout for a scheduler (warnings and "
+                           "errors stay on stderr).")
+
+
+def _echo_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def _stage_json(stage: Any) -> dict[str, Any]:
+    return {"stage": stage.stage, "status": stage.status, "rows_in": stage.rows_in, "rows_out": stage.rows_out,
+            "rejected": stage.rejected, "seconds": round(stage.seconds, 3), "spark_jobs": stage.spark_jobs,
+            "commits": dict(stage.commits), "versions": dict(stage.versions)}
 
 
 @click.group(cls=LakehouseGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--env", help="Environment: reads conf/<env>.yaml (default: $LAKEHOUSE_ENV or local).")
-@click.option("--conf", "conf_path", metavar="PATH",
+@click.option("--env", envvar="LAKEHOUSE_ENV", show_envvar=True,
+              help="Environment: reads conf/<env>.yaml (default: local).")
+@click.option("--conf", "conf_path", metavar="PATH", envvar="LAKEHOUSE_CONF", show_envvar=True,
               help="A settings file to use instead of conf/<env>.yaml.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override one setting, e.g. --set lakehouse.root=/tmp/lh (repeatable).")
-@click.option("--wait", "wait", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="If another command is writing the lakehouse, wait this long for it to end "
-                   "(default lease.wait_seconds: 0, fail at once).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", envvar="LAKEHOUSE_SET", show_envvar=True,
+              help="Override one setting, e.g. --set lakehouse.root=/tmp/lh (repeatable; in the variable, "
+                   "separated by spaces).")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), metavar="SECONDS", envvar="LAKEHOUSE_WAIT",
+              show_envvar=True, help="If another command is writing the lakehouse, wait this long for it to end "
+                                     "(default lease.wait_seconds: 0, fail at once).")
 @click.version_option(package_name="email-lakehouse", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, env: str | None, conf_path: str | None, overrides: tuple[str, ...],
@@ -467,14 +482,22 @@ def preview(runtime: Runtime, template: str, customers: tuple[str, ...], segment
 @click.option("--allow-large-change", is_flag=True,
               help="Let the syncs remove more of a segment than its limit (see `sync --help`).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show each stage's Spark jobs and Delta commits per table.")
+@OUTPUT
 @pass_runtime
 def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], allow_large_change: bool,
-        verbose: bool) -> None:
-    """Run ingest, cleanse, features, segment (and sync) in order in one Spark application."""
+        verbose: bool, output: str) -> None:
+    """Run ingest, cleanse, features, segment, recommend (and sync) in order in one Spark application."""
     from jobs.runtime.report import format_table
     from jobs.stages.pipeline import run_pipeline
 
     stages = run_pipeline(runtime.spark, runtime.settings, as_of or datetime.now(UTC), sync_to, allow_large_change)
+    segment_stage = next(s for s in stages if s.stage == "segment")
+    if output == "json":
+        _echo_json({"run_id": stages[0].run_id, "status": "succeeded", "stages": [_stage_json(s) for s in stages],
+                    "segments": [dict(zip(("segment", "size", "entered", "exited"), c, strict=True))
+                                 for c in segment_stage.segments]})
+        _warn(*stages)
+        return
     headers = ["stage", "rows in", "rows out", "rejected", "seconds", "delta versions"]
     rows = [[s.stage, s.rows_in, s.rows_out, s.rejected, f"{s.seconds:.1f}",
              ", ".join(f"{k}@{v}" for k, v in sorted(s.versions.items())) or "-"] for s in stages]
@@ -484,7 +507,6 @@ def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], allo
                 for row, s in zip(rows, stages, strict=True)]
     click.echo(format_table(headers, rows))
     click.echo("")
-    segment_stage = next(s for s in stages if s.stage == "segment")
     click.echo(format_table(["segment", "size", "entered", "exited"], [list(c) for c in segment_stage.segments]))
     _warn(*stages)
 
@@ -611,11 +633,13 @@ def recs_evaluate(runtime: Runtime, as_of: datetime, k: int, horizon_days: int, 
 @click.option("--allow-large-change", is_flag=True,
               help="Send even if a segment would lose more of its synced members than its limit (the rule "
                    "file's sync.max_remove_share, else the config's).")
+@click.option("--fail-on-refused", is_flag=True,
+              help="Exit 1 when the destination refused rows (they are recorded and sent again next sync).")
+@OUTPUT
 @pass_runtime
 def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], dry_run: bool,
-         full_refresh: bool, allow_large_change: bool) -> None:
+         full_refresh: bool, allow_large_change: bool, fail_on_refused: bool, output: str) -> None:
     """Send segment membership and attribute changes to a destination (file, ...)."""
-    from jobs.runtime.report import format_table
     from jobs.stages.sync import sync as run_sync
 
     def progress(done: int, total: int) -> None:
@@ -624,12 +648,27 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
         click.echo(f"\rbatches [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True,
                    nl=done >= total)
 
-    from jobs.runtime.pii import masked_row
-
     result = run_sync(runtime.spark, runtime.settings, destination_name, segment_ids, dry_run=dry_run,
                       full_refresh=full_refresh, allow_large_change=allow_large_change,
                       progress=progress if sys.stderr.isatty() else None)
     plan = result.details["plan"]
+    refused = sum(segment.failed for segment in plan)
+    if output == "json":
+        _echo_json({"destination": destination_name, "run_id": result.run_id, "dry_run": dry_run,
+                    "membership_version": result.details["version"], "refused": refused,
+                    "segments": [{"segment": p.segment_id, "adds": p.adds, "removes": p.removes, "updates": p.updates,
+                                  "failed": p.failed, "batches": p.batches} for p in plan]})
+    else:
+        _print_plan(destination_name, result, plan, dry_run)
+    if refused and fail_on_refused:
+        raise OperatorError(f"{destination_name}: {refused} row(s) refused (see ops.sync_failures); "
+                            "they go again next sync", 1)
+
+
+def _print_plan(destination_name: str, result: Any, plan: list[Any], dry_run: bool) -> None:
+    from jobs.runtime.pii import masked_row
+    from jobs.runtime.report import format_table
+
     head = "would send (dry run)" if dry_run else f"sent (run {result.run_id})"
     click.echo(f"{destination_name}: membership version {result.details['version']}, {head}")
     click.echo(format_table(
@@ -645,15 +684,16 @@ def sync(runtime: Runtime, destination_name: str, segment_ids: tuple[str, ...], 
 
 # -- tables ------------------------------------------------------------------------------------
 @cli.command("tables")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (same as --output json).")
+@OUTPUT
 @pass_runtime
-def tables(runtime: Runtime, as_json: bool) -> None:
+def tables(runtime: Runtime, as_json: bool, output: str) -> None:
     """List every table: path, Delta version, row count, last run."""
     from jobs.runtime.report import format_table
     from jobs.tools.catalog import table_statuses
 
     statuses = table_statuses(runtime.spark, runtime.settings.lakehouse.root)
-    if as_json:
+    if as_json or output == "json":
         click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
         return
     click.echo(format_table(

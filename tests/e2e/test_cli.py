@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from tests.conftest import REPO
+from tests.conftest import DEMO_LATER, REPO
 
 
 def _run(*args, catch=True):
@@ -219,3 +219,70 @@ def test_run_stops_at_the_first_failing_stage_and_says_which(spark, tmp_path):
     assert [(r["job"], r["status"]) for r in runs] == [("ingest", "failed"), ("run", "failed")]
     assert runs[0]["error"].startswith("InputError: landing path not found")
     assert runs[1]["error"].startswith("InputError: stage ingest failed: landing path not found")
+
+
+def test_global_options_come_from_the_environment_too(tmp_path):
+    conf = tmp_path / "sched.yaml"
+    conf.write_text(f"lakehouse: {{root: {tmp_path / 'lh'}}}\nlanding: {{root: {tmp_path / 'from-conf'}}}\n")
+    (tmp_path / "sources").symlink_to(REPO / "conf" / "sources")
+    runner = CliRunner()
+    from_conf = runner.invoke(cli, ["ingest", "events"], env={"LAKEHOUSE_CONF": str(conf)})
+    assert (from_conf.exit_code, from_conf.output.splitlines()[0]) == (
+        2, f"error: landing path not found: {tmp_path / 'from-conf' / 'events'} (source 'web', "
+           f"landing.root={tmp_path / 'from-conf'})")
+    overridden = runner.invoke(cli, ["ingest", "events"], env={
+        "LAKEHOUSE_CONF": str(conf), "LAKEHOUSE_SET": f"landing.root={tmp_path / 'set'} lease.wait_seconds=5"})
+    assert f"landing.root={tmp_path / 'set'})" in overridden.output and overridden.exit_code == 2
+    flag_wins = runner.invoke(cli, ["--set", f"landing.root={tmp_path / 'flag'}", "ingest", "events"],
+                              env={"LAKEHOUSE_CONF": str(conf), "LAKEHOUSE_SET": "landing.root=/nowhere"})
+    assert f"landing.root={tmp_path / 'flag'})" in flag_wins.output
+    assert "[env var: LAKEHOUSE_CONF]" in runner.invoke(cli, ["--help"], terminal_width=200).output
+
+
+def _parse(args):
+    """Parse a command line against the CLI without running it: a wrong command or option raises."""
+    ctx = cli.make_context("lakehouse", list(args))
+    command = cli
+    while isinstance(command, click.Group):
+        pending = [*ctx._protected_args, *ctx.args]  # click 8.2+: the subcommand and its arguments
+        name, sub, rest = command.resolve_command(ctx, pending)
+        ctx = sub.make_context(name, rest, parent=ctx)
+        command = sub
+    return ctx.command_path
+
+
+def test_the_scheduler_examples_use_real_commands_and_options():
+    import ast
+
+    dag = ast.parse((REPO / "examples" / "airflow" / "email_lakehouse.py").read_text())
+    common = next(ast.literal_eval(n.value) for n in ast.walk(dag)
+                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "COMMON")
+    calls = [[ast.literal_eval(a) for a in n.args[1:]] for n in ast.walk(dag)
+             if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "lakehouse"]
+    job = json.loads((REPO / "examples" / "databricks" / "email_lakehouse_job.json").read_text())
+    lines = [[*common, *call] for call in calls] + [t["spark_python_task"]["parameters"] for t in job["tasks"]]
+    assert len(lines) == 12
+    assert {_parse(line) for line in lines} == {
+        "lakehouse ingest events", "lakehouse ingest crm", "lakehouse ingest catalog", "lakehouse cleanse",
+        "lakehouse features", "lakehouse segment", "lakehouse recs build", "lakehouse sync", "lakehouse run",
+        "lakehouse preview"}
+    with pytest.raises(click.UsageError):
+        _parse(["run", "--sync-to", "klaviyo"])
+
+
+def test_run_and_sync_print_one_json_document_for_a_scheduler(demo_lakehouse, tmp_path):
+    copy = demo_lakehouse.copy(tmp_path)
+    ran = CliRunner().invoke(cli, ["--conf", str(copy.conf), "run", "--as-of", DEMO_LATER, "--sync", "file",
+                                   "--output", "json"])
+    assert ran.exit_code == 0, ran.output
+    document = json.loads(ran.stdout)
+    assert [(s["stage"], s["status"]) for s in document["stages"]] == [
+        (name, "succeeded") for name in ("ingest", "cleanse", "features", "segment", "recommend", "sync:file")]
+    assert {s["segment"] for s in document["segments"]} == {
+        "abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
+    synced = CliRunner().invoke(cli, ["--conf", str(copy.conf), "sync", "file", "-o", "json", "--fail-on-refused"])
+    assert synced.exit_code == 0, synced.output
+    assert json.loads(synced.stdout)["refused"] == 0
+    assert {s["adds"] + s["removes"] + s["updates"] for s in json.loads(synced.stdout)["segments"]} == {0}
+    tables = json.loads(CliRunner().invoke(cli, ["--conf", str(copy.conf), "tables", "-o", "json"]).stdout)
+    assert {"silver.products", "gold.product_recommendations"} <= {t["table"] for t in tables}

@@ -142,9 +142,17 @@ def test_an_expectation_may_not_call_outside_the_allowed_functions(spark, settin
                                      "functions listed in jobs/rules/sql.py)")
 
 
-def test_shipped_rules_validate(spark, settings):
+def test_shipped_rules_validate(spark, settings, tmp_path):
     result = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}", "rules", "validate"])
     assert result.exit_code == 0, result.output
+    assert "3 templates in" in result.output and "(abandoned_cart, recommendations, viewed_offer)" in result.output
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "offer.liquid").write_text("<p>{{ customer.first_name }}</p>\n<p>{{ feature.rfm_segment }}</p>\n")
+    bad = CliRunner().invoke(cli, ["--set", f"lakehouse.root={settings.lakehouse.root}",
+                                   "--set", f"templates_dir={tmp_path / 't'}", "rules", "validate"])
+    assert bad.exit_code == 2
+    assert bad.output.startswith(f"error: 1 template problem(s): {tmp_path / 't' / 'offer.liquid'}:2:7: "
+                                 "'feature' is not in the context (known: customer, features,")
     assert {"abandoned_cart_24h", "nyc_electronics_25_35", "high_value", "at_risk"} <= {
         s.id for s in load_segments(REPO / "rules")}
 

@@ -141,8 +141,12 @@ def test_with_a_fifth_of_calls_failing_klaviyo_ends_with_the_exact_membership(sp
         {"customer_id": "C1", "rank": rank, "product_id": product, "score": 1.0, "reason": "popular", "as_of": T0}
         for rank, product in ((2, "P8"), (1, "P7"))], RECOMMENDATIONS_SCHEMA)
 
-    first = runner.invoke(cli, ["--conf", str(conf), "sync", "klaviyo", "--segment", SEGMENT])
-    assert first.exit_code == 0, first.output
+    first = runner.invoke(cli, ["--conf", str(conf), "sync", "klaviyo", "--segment", SEGMENT, "--fail-on-refused",
+                                "--output", "json"])
+    assert first.exit_code == 1, first.output  # refused rows, and the scheduler asked to hear of them
+    assert first.stderr.strip() == ("error: klaviyo: 1 row(s) refused (see ops.sync_failures); they go again "
+                                    "next sync")
+    assert json.loads(first.stdout)["refused"] == 1
     assert server.members(LIST) == {"C1", "C2", "C4", "C5"}  # C3's email is refused by Klaviyo
     properties = {p["external_id"]: p["properties"] for p in server.profiles.values()}
     assert properties["C1"]["recommended_products"] == [  # in rank order, each as the catalog knows it
