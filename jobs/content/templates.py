@@ -30,6 +30,7 @@ currency, category, brand, in_stock``.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,14 @@ CONTEXT: dict[str, tuple[tuple[str, ...], bool] | None] = {
 _LOCATION = re.compile(r"-> .* (\d+):(\d+)$", re.MULTILINE)
 
 
-def templates_dir(settings: Settings) -> Path:
-    if settings.templates_dir:
+def templates_dir(settings: Settings | None) -> Path:
+    """``templates_dir`` from the settings, else ``$LAKEHOUSE_TEMPLATES_DIR`` (set by the
+    spark-submit bundle's entry script), else the project's ``templates/``."""
+    if settings is not None and settings.templates_dir:
         return Path(settings.templates_dir)
+    configured = os.environ.get("LAKEHOUSE_TEMPLATES_DIR")
+    if configured:
+        return Path(configured)
     bundled = PROJECT_ROOT / "templates"
     return bundled if bundled.is_dir() else Path.cwd() / "templates"
 

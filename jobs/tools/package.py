@@ -5,11 +5,11 @@ Layout of the output folder (default ``dist/spark``)::
     lakehouse.zip          the ``jobs`` and ``transforms`` packages, for --py-files
     lakehouse_main.py      the entry script: spark-submit ... lakehouse_main.py [OPTIONS] COMMAND
     jars/*.jar             the Delta jars matching the installed pyspark, for --jars
-    lakehouse-conf.zip     conf/ and rules/, for --archives lakehouse-conf.zip#lakehouse-conf
-    conf/, rules/          the same, unpacked, for client-mode drivers
+    lakehouse-conf.zip     conf/, rules/ and templates/, for --archives lakehouse-conf.zip#lakehouse-conf
+    conf/, rules/, templates/  the same, unpacked, for client-mode drivers
     requirements.txt       the Python packages the driver's image needs besides pyspark
 
-The entry script points ``LAKEHOUSE_CONF_DIR`` and ``LAKEHOUSE_RULES_DIR`` at the unpacked
+The entry script points ``LAKEHOUSE_CONF_DIR``, ``LAKEHOUSE_RULES_DIR`` and ``LAKEHOUSE_TEMPLATES_DIR`` at the unpacked
 ``lakehouse-conf`` archive in the working directory (YARN and Kubernetes unpack ``--archives``
 there) or, failing that, at the folder beside itself.
 """
@@ -21,6 +21,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from jobs.content.templates import templates_dir
 from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
 from jobs.runtime.settings import PROJECT_ROOT, conf_dir
 from jobs.tools import owned_folder
@@ -39,6 +40,7 @@ for base in (Path.cwd() / "lakehouse-conf", Path(__file__).resolve().parent):
     if (base / "conf").is_dir():
         os.environ.setdefault("LAKEHOUSE_CONF_DIR", str(base / "conf"))
         os.environ.setdefault("LAKEHOUSE_RULES_DIR", str(base / "rules"))
+        os.environ.setdefault("LAKEHOUSE_TEMPLATES_DIR", str(base / "templates"))
         break
 
 from jobs.cli import main  # noqa: E402  (after the folders are known)
@@ -65,6 +67,9 @@ def runtime_requirements() -> list[str]:
     return wanted
 
 
+FOLDERS = ("conf", "rules", "templates")
+
+
 def build(out: Path, rules: Path | None = None) -> dict[str, object]:
     owned_folder(out, "package")
     with zipfile.ZipFile(out / "lakehouse.zip", "w", zipfile.ZIP_DEFLATED) as archive:
@@ -77,12 +82,12 @@ def build(out: Path, rules: Path | None = None) -> dict[str, object]:
     for jar in cached_delta_jars() or resolve_delta_jars():
         shutil.copy2(jar, jars / jar.name)
     rules = rules or PROJECT_ROOT / "rules"
-    for name, source in (("conf", conf_dir()), ("rules", rules)):
+    for name, source in zip(FOLDERS, (conf_dir(), rules, templates_dir(None)), strict=True):
         shutil.rmtree(out / name, ignore_errors=True)
         shutil.copytree(source, out / name, ignore=shutil.ignore_patterns("__pycache__"))
     with zipfile.ZipFile(out / "lakehouse-conf.zip", "w", zipfile.ZIP_DEFLATED) as archive:
-        _zip_tree(archive, out / "conf", "conf", None)
-        _zip_tree(archive, out / "rules", "rules", None)
+        for name in FOLDERS:
+            _zip_tree(archive, out / name, name, None)
     (out / "requirements.txt").write_text("".join(f"{r}\n" for r in runtime_requirements()))
     return {
         "py_files": str(out / "lakehouse.zip"),

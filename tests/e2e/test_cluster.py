@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pyspark
@@ -91,6 +92,8 @@ def test_the_packaged_pipeline_runs_on_a_standalone_cluster(spark, cluster, tmp_
                                "--events-per-day", "120", "--seed", "9", "--end", AS_OF]).exit_code == 0
     packaged = runner.invoke(cli, ["package", "--out", str(bundle)])
     assert packaged.exit_code == 0, packaged.output
+    with zipfile.ZipFile(bundle / "lakehouse-conf.zip") as archive:  # the preview's templates travel too
+        assert {"conf/local.yaml", "rules/quality.yaml", "templates/viewed_offer.liquid"} <= set(archive.namelist())
     conf = tmp_path / "cluster" / "cluster.yaml"
     conf.parent.mkdir()
     (conf.parent / "sources").symlink_to(bundle / "conf" / "sources")
