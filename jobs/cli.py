@@ -132,11 +132,19 @@ def _stage_json(stage: Any) -> dict[str, Any]:
 @click.option("--wait", "wait", type=click.FloatRange(min=0), metavar="SECONDS", envvar="LAKEHOUSE_WAIT",
               show_envvar=True, help="If another command is writing the lakehouse, wait this long for it to end "
                                      "(default lease.wait_seconds: 0, fail at once).")
+@click.option("-v", "--verbose", "verbosity", count=True,
+              help="Log more on stderr: -v each stage's start and end (run id, rows, seconds), -vv debug.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only errors.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="LAKEHOUSE_LOG_FORMAT", show_envvar=True, help="Log lines as text or one JSON object each.")
 @click.version_option(package_name="email-lakehouse", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, env: str | None, conf_path: str | None, overrides: tuple[str, ...],
-        wait: float | None) -> None:
+        wait: float | None, verbosity: int, quiet: bool, log_format: str) -> None:
     """Email-personalization lakehouse: land, cleanse, model and sync customer data."""
+    from jobs.runtime.logs import configure
+
+    configure(verbosity, quiet, log_format)
     ctx.obj = Runtime(env, conf_path, overrides, wait)
 
 

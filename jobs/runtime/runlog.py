@@ -16,6 +16,7 @@ a stage whose inputs have not changed since — even one that wrote nothing — 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections import Counter
@@ -28,6 +29,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from jobs.runtime.pii import mask
+
+LOG = logging.getLogger("jobs.run")
 
 JOB_RUNS = "ops.job_runs"
 
@@ -125,6 +128,7 @@ class Run:
         sc.addJobTag(tag)
         _ACTIVE.append(result)
         started = time.perf_counter()
+        LOG.info("stage %s started", name, extra={"run_id": self.run_id, "job": self.job, "stage": name})
         try:
             yield result
             result.status = "succeeded"
@@ -137,6 +141,13 @@ class Run:
             result.seconds = time.perf_counter() - started
             result.ended_at = utc_now()
             result.spark_jobs = _jobs_tagged(self.spark, tag)
+            LOG.log(logging.INFO if result.status == "succeeded" else logging.ERROR,
+                    "stage %s %s: %s rows in, %s out, %s rejected, %.1f s", name, result.status, result.rows_in,
+                    result.rows_out, result.rejected, result.seconds,
+                    extra={"run_id": self.run_id, "job": self.job, "stage": name, "status": result.status,
+                           "rows_in": result.rows_in, "rows_out": result.rows_out, "rejected": result.rejected,
+                           "seconds": round(result.seconds, 3), "spark_jobs": result.spark_jobs,
+                           "commits": dict(result.commits), "error": result.error})
 
     def rows(self, failure: BaseException | None) -> list[tuple]:
         rows = [s.as_row(None, self.env) for s in self.stages]

@@ -90,6 +90,8 @@ def session_confs(settings: SparkSettings) -> dict[str, str]:
             confs["spark.pyspark.python"] = sys.executable
     if settings.profile == "test":
         confs.update(TEST_PROFILE_CONFS)
+    elif sys.stderr.isatty():  # a person at a terminal sees Spark's progress bar
+        confs["spark.ui.showConsoleProgress"] = "true"
     confs.update({key: _text(value) for key, value in settings.conf.items()})
     if (
         "spark.jars" not in confs

@@ -286,3 +286,21 @@ def test_run_and_sync_print_one_json_document_for_a_scheduler(demo_lakehouse, tm
     assert {s["adds"] + s["removes"] + s["updates"] for s in json.loads(synced.stdout)["segments"]} == {0}
     tables = json.loads(CliRunner().invoke(cli, ["--conf", str(copy.conf), "tables", "-o", "json"]).stdout)
     assert {"silver.products", "gold.product_recommendations"} <= {t["table"] for t in tables}
+
+
+def test_verbose_logs_a_start_and_an_end_line_per_stage_as_json(spark, tmp_path):
+    events = tmp_path / "landing" / "events"
+    events.mkdir(parents=True)
+    (events / "a.json").write_text(json.dumps({"event_id": "e1", "customer_id": "ann@example.com",
+                                               "event_type": "page_view", "timestamp": "2026-11-19T10:00:00Z"}) + "\n")
+    result = CliRunner().invoke(cli, [*_roots(tmp_path), "--set", "spark.profile=test", "-v", "--log-format", "json",
+                                      "ingest", "events"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [(r["logger"], r["level"], r["stage"], r.get("status")) for r in lines] == [
+        ("jobs.run", "INFO", "ingest", None), ("jobs.run", "INFO", "ingest", "succeeded")]
+    end = lines[1]
+    assert (end["rows_in"], end["rows_out"], end["commits"]) == (1, 1, {"bronze.events": 2})
+    assert end["run_id"] == lines[0]["run_id"] and end["seconds"] > 0 and end["run_id"] in result.stdout
+    quiet = CliRunner().invoke(cli, [*_roots(tmp_path), "--set", "spark.profile=test", "ingest", "events"])
+    assert quiet.stderr == ""  # the default logs warnings only
