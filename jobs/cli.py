@@ -290,14 +290,18 @@ def quality() -> None:
 
 
 @quality.command("report")
-@click.option("--table", "table_name", help="Only this table, e.g. silver.events.")
+@click.option("--table", "table_name", help="Only this table, e.g. silver.events (source audits: source:web).")
+@OUTPUT
 @pass_runtime
-def quality_report(runtime: Runtime, table_name: str | None) -> None:
-    """Print the latest result of every data-quality expectation."""
+def quality_report(runtime: Runtime, table_name: str | None, output: str) -> None:
+    """Print the latest result of every data-quality expectation and source audit."""
     from jobs.runtime.report import format_table
     from jobs.tools.quality import latest_results
 
     rows = latest_results(runtime.spark, runtime.settings.lakehouse.root, table_name)
+    if output == "json":
+        _echo_json([r.asDict() for r in rows])
+        return
     if not rows:
         click.echo("no data-quality results yet: run `lakehouse cleanse` first")
         return
@@ -307,6 +311,28 @@ def quality_report(runtime: Runtime, table_name: str | None) -> None:
           f"{100 * r['failed_rows'] / r['checked_rows']:.2f}" if r["checked_rows"] else "-",
           r["run_id"], r["evaluated_at"]] for r in rows],
     ))
+    audits = [r for r in rows if r["table"].startswith("source:")]
+    if audits:
+        click.echo("")
+        click.echo(format_table(["source", "audit", "held", "figures"], [
+            [r["table"].removeprefix("source:"), r["expectation"],
+             "-" if not r["checked_rows"] else "no" if r["failed_rows"] else "yes", r["expression"]]
+            for r in audits]))
+
+
+@quality.command("audit")
+@click.option("--as-of", "as_of", type=UtcTimestamp(), help="The time to judge at (default now).")
+@pass_runtime
+def quality_audit(runtime: Runtime, as_of: datetime | None) -> None:
+    """Judge the source audits of rules/quality.yaml (freshness, hourly volume) now or at a time."""
+    from jobs.runtime.report import format_table
+    from jobs.stages.audit import run_audits
+
+    result = run_audits(runtime.spark, runtime.settings, as_of or datetime.now(UTC))
+    click.echo(format_table(["source", "audit", "action", "held", "figures"], [
+        [table.removeprefix("source:"), name, action, "-" if not checked else "no" if failed else "yes", figures]
+        for table, name, action, figures, failed, checked in result.dq]))
+    _warn(result)
 
 
 # -- gold --------------------------------------------------------------------------------------

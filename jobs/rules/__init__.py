@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobs.runtime.errors import ConfigError
 from jobs.runtime.settings import read_yaml
@@ -62,8 +62,27 @@ class Expectation(Rule):
     action: Literal["warn", "drop", "fail"]
 
 
+class SourceAudit(Rule):
+    """A check of a source's event stream as a whole, judged at each run's time: freshness (its
+    newest event is at most ``freshness_hours`` old) or volume (its last full hour holds within
+    ``volume_band`` of the mean of the same hour in the ``weeks`` weeks before)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    freshness_hours: float | None = Field(default=None, gt=0)
+    volume_band: float | None = Field(default=None, gt=0)
+    weeks: int = Field(default=4, ge=1, le=52)
+    action: Literal["warn", "fail"]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceAudit:
+        if (self.freshness_hours is None) == (self.volume_band is None):
+            raise ValueError("give freshness_hours or volume_band (one of them)")
+        return self
+
+
 class QualityRules(Rule):
     tables: dict[str, tuple[Expectation, ...]]
+    sources: dict[str, tuple[SourceAudit, ...]] = Field(default_factory=dict)
 
     def for_table(self, table: str) -> tuple[Expectation, ...]:
         return self.tables.get(table, ())
@@ -72,7 +91,7 @@ class QualityRules(Rule):
 def _first_error(path: Path, exc: ValidationError, prefix: str = "") -> ConfigError:
     error = exc.errors()[0]
     loc = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
-    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
     return ConfigError(f"{path}: {loc}: {message}")
 
 
@@ -141,18 +160,27 @@ def load_quality_rules(directory: Path) -> QualityRules:
     path = directory / "quality.yaml"
     data = _mapping(path)
     tables: dict[str, tuple[Expectation, ...]] = {}
+    sources = data.pop("sources", None) or {}
+    if not isinstance(sources, dict):
+        raise ConfigError(f"{path}: sources: expected a mapping of source name: [audits]")
     for table, entries in data.items():
-        if not isinstance(entries, list):
-            raise ConfigError(f"{path}: {table}: expected a list of expectations")
-        parsed = []
-        for index, entry in enumerate(entries):
-            try:
-                parsed.append(Expectation.model_validate(entry))
-            except ValidationError as exc:
-                raise _first_error(path, exc, f"{table}.{index}") from None
-        names = [e.name for e in parsed]
-        duplicate = next((n for n in names if names.count(n) > 1), None)
-        if duplicate:
-            raise ConfigError(f"{path}: {table}: expectation {duplicate!r} is defined twice")
-        tables[table] = tuple(parsed)
-    return QualityRules(tables=tables)
+        tables[table] = _entries(path, table, entries, Expectation)
+    audits = {source: _entries(path, f"sources.{source}", entries, SourceAudit) for source, entries in sources.items()}
+    return QualityRules(tables=tables, sources=audits)
+
+
+def _entries(path: Path, where: str, entries: Any, model: type[Rule]) -> tuple[Any, ...]:
+    """A list of named rules of ``model``, each validated, names unique."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: {where}: expected a list of {'audits' if model is SourceAudit else 'expectations'}")
+    parsed = []
+    for index, entry in enumerate(entries):
+        try:
+            parsed.append(model.model_validate(entry))
+        except ValidationError as exc:
+            raise _first_error(path, exc, f"{where}.{index}") from None
+    names = [e.name for e in parsed]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"{path}: {where}: {duplicate!r} is defined twice")
+    return tuple(parsed)

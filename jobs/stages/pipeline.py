@@ -32,6 +32,12 @@ def _cleanse(spark: SparkSession, settings: Settings, as_of: datetime, stage: St
     cleanse_stage(spark, settings, stage)
 
 
+def _audit(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
+    from jobs.stages.audit import audit_stage
+
+    audit_stage(spark, settings, as_of, stage, scheduled=True)
+
+
 def _features(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
     from jobs.stages.features import features_stage
 
@@ -53,6 +59,7 @@ def _recommend(spark: SparkSession, settings: Settings, as_of: datetime, stage: 
 STAGES: tuple[tuple[str, StageFn], ...] = (
     ("ingest", _ingest),
     ("cleanse", _cleanse),
+    ("audit", _audit),
     ("features", _features),
     ("segment", _segment),
     ("recommend", _recommend),
@@ -70,8 +77,8 @@ def _sync_stage(name: str, allow_large_change: bool) -> StageFn:
 
 def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = (),
                allow_large_change: bool = False) -> list[StageResult]:
-    """ingest -> cleanse -> features -> segment -> recommend (-> sync to each destination) as stages of ``run``;
-    a failure stops the run and names its stage."""
+    """ingest -> cleanse -> audit -> features -> segment -> recommend (-> sync to each destination)
+    as stages of ``run``; a failure stops the run and names its stage."""
     from jobs.destinations import destination
 
     for name in sync_to:

@@ -189,10 +189,10 @@ def test_run_goes_through_every_stage_and_prints_segment_sizes(demo_lakehouse, s
     manifest, conf = demo_lakehouse.manifest, str(demo_lakehouse.conf)
     lines = demo_lakehouse.outputs["run"].splitlines()
     assert lines[0].split()[-3:] == ["spark", "jobs", "commits"]  # --verbose: Spark jobs and commits too
-    assert [line.split()[0] for line in lines[2:8]] == [
-        "ingest", "cleanse", "features", "segment", "recommend", "sync:file"]
+    assert [line.split()[0] for line in lines[2:9]] == [
+        "ingest", "cleanse", "audit", "features", "segment", "recommend", "sync:file"]
     assert lines[2].split()[1] == f"{manifest['events']['lines'] + manifest['crm']['rows'] + manifest['catalog']['rows']:,}"
-    sizes = {line.split()[0]: line.split()[1] for line in lines[11:]}
+    sizes = {line.split()[0]: line.split()[1] for line in lines[12:]}
     assert set(sizes) == {"abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
     exports = demo_lakehouse.base / "exports"
     assert len(list(exports.glob("*/manifest.json"))) == 2  # the run's sync and the one after the second segment run
@@ -277,7 +277,8 @@ def test_run_and_sync_print_one_json_document_for_a_scheduler(demo_lakehouse, tm
     assert ran.exit_code == 0, ran.output
     document = json.loads(ran.stdout)
     assert [(s["stage"], s["status"]) for s in document["stages"]] == [
-        (name, "succeeded") for name in ("ingest", "cleanse", "features", "segment", "recommend", "sync:file")]
+        (name, "succeeded") for name in ("ingest", "cleanse", "audit", "features", "segment", "recommend",
+                                         "sync:file")]
     assert {s["segment"] for s in document["segments"]} == {
         "abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
     synced = CliRunner().invoke(cli, ["--conf", str(copy.conf), "sync", "file", "-o", "json", "--fail-on-refused"])
@@ -286,6 +287,10 @@ def test_run_and_sync_print_one_json_document_for_a_scheduler(demo_lakehouse, tm
     assert {s["adds"] + s["removes"] + s["updates"] for s in json.loads(synced.stdout)["segments"]} == {0}
     tables = json.loads(CliRunner().invoke(cli, ["--conf", str(copy.conf), "tables", "-o", "json"]).stdout)
     assert {"silver.products", "gold.product_recommendations"} <= {t["table"] for t in tables}
+    report = json.loads(CliRunner().invoke(cli, ["--conf", str(copy.conf), "quality", "report", "--table",
+                                                 "source:web", "-o", "json"]).stdout)
+    assert [(r["expectation"], r["failed_rows"]) for r in report] == [("web_events_fresh", 0), ("web_hourly_volume", 0)]
+    assert report[0]["expression"].startswith("newest event ") and report[0]["run_id"] == document["run_id"]
 
 
 def test_verbose_logs_a_start_and_an_end_line_per_stage_as_json(spark, tmp_path):

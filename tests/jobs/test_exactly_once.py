@@ -93,11 +93,12 @@ def test_a_kill_after_any_stage_s_data_commit_and_a_rerun_give_the_tables_of_one
         monkeypatch.undo()
     finished = run_pipeline(spark, crashed, AS_OF, ("file",))
 
-    assert [s.status for s in finished] == ["succeeded"] * 6
+    assert [s.status for s in finished] == ["succeeded"] * 7
     assert _snapshot(spark, crashed.lakehouse.root) == _snapshot(spark, clean.lakehouse.root)
     runs = read_or_empty(spark, crashed.lakehouse.root, "ops.job_runs").where(F.col("job") == "run")
     assert sorted(r["status"] for r in runs.collect()) == ["failed"] * len(KILLS) + ["succeeded"]
 
 
 def test_the_pipeline_module_names_every_stage():
-    assert [name for name, _ in pipeline.STAGES] == ["ingest", "cleanse", "features", "segment", "recommend"]
+    assert [name for name, _ in pipeline.STAGES] == [
+        "ingest", "cleanse", "audit", "features", "segment", "recommend"]
