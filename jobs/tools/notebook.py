@@ -36,9 +36,13 @@ class Lakehouse:
         return read_or_empty(self.spark, self.root, key)
 
 
-def open_lakehouse() -> Lakehouse:
+def open_lakehouse(root: str | None = None) -> Lakehouse:
+    """The lakehouse of the CLI's settings, or — given ``root`` — the one at that path (or URI),
+    to read: no landing zone or sources needed, every other setting the environment's."""
+    overrides = [f"lakehouse.root={root}", f"landing.root={root}"] if root else []
     with chdir(PROJECT_ROOT):
-        settings = load_settings(os.environ.get("LAKEHOUSE_ENV"), os.environ.get("LAKEHOUSE_CONF") or None)
+        settings = load_settings(os.environ.get("LAKEHOUSE_ENV"), os.environ.get("LAKEHOUSE_CONF") or None,
+                                 overrides)
     return Lakehouse(settings, get_spark(settings.spark))
 
 
@@ -49,10 +53,19 @@ def rejections_by_reason(lakehouse: Lakehouse) -> pd.DataFrame:
     return counts.pivot_table(index="_batch_id", columns="reason", values="count", fill_value=0)
 
 
-def sizes_over_versions(lakehouse: Lakehouse) -> pd.DataFrame:
-    """Segment sizes per membership version (rows) and segment (columns), from ``ops.segment_runs``."""
-    runs = lakehouse.table("ops.segment_runs").select("delta_version", "segment_id", "size").toPandas()
-    return runs.pivot_table(index="delta_version", columns="segment_id", values="size", fill_value=0)
+def sizes_over_time(lakehouse: Lakehouse) -> pd.DataFrame:
+    """Segment sizes per segment run's ``as_of`` time (rows) and segment (columns), from ``ops.segment_runs``."""
+    runs = lakehouse.table("ops.segment_runs").select("as_of", "segment_id", "size").toPandas()
+    return runs.pivot_table(index="as_of", columns="segment_id", values="size", fill_value=0)
+
+
+def daily_activity(lakehouse: Lakehouse, customer_id: str) -> pd.DataFrame:
+    """One customer's events per day (rows) and event type (columns)."""
+    events = lakehouse.table("silver.events").where(F.col("customer_id") == customer_id)
+    counts = events.groupBy("event_date", "event_type").count().toPandas()  # days x types of one customer
+    if counts.empty:
+        return pd.DataFrame()
+    return counts.pivot_table(index="event_date", columns="event_type", values="count", fill_value=0)
 
 
 def segments_over_time(lakehouse: Lakehouse, customer_id: str) -> pd.DataFrame:
