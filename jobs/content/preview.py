@@ -4,8 +4,8 @@ The contexts (see :mod:`jobs.content.templates`) are built in Spark for the chos
 only — named ones, or the first ``limit`` members of a segment as its rule judges the features
 as of the time — and collected once (bounded by the choice, never data-sized): features as of
 the time (the table when it is as of that time, else computed like ``lakehouse features``),
-recommendations as of the time joined to ``silver.products``, the abandoned cart's and the last
-viewed product's catalog records.
+recommendations as of the time (likewise) joined to ``silver.products``, the abandoned cart's
+and the last viewed product's catalog records.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from jobs.runtime.errors import InputError
 from jobs.runtime.settings import Settings
 from jobs.runtime.tables import read_or_empty
 from jobs.stages.features import FEATURES, as_utc, compute_features, features_as_of
-from jobs.stages.recommend import PRODUCTS, compute_recommendations
+from jobs.stages.recommend import PRODUCTS, recommendations_at
 from jobs.stages.segment import conditions, validated_segments
 from transforms.segments import members
 
@@ -74,7 +74,7 @@ def contexts(spark: SparkSession, settings: Settings, as_of: datetime, chosen: D
     chosen = chosen.persist()
     try:
         catalog = read_or_empty(spark, settings.lakehouse.root, PRODUCTS).select(*PRODUCT_FIELDS)
-        recs = compute_recommendations(spark, settings, as_of, customers=chosen.select("customer_id"))
+        recs = recommendations_at(spark, settings, as_of, chosen.select("customer_id"))
         products = (recs.join(catalog, "product_id", "left")
                     .select("customer_id", F.struct("rank", *_product_fields(), "score", "reason").alias("p"))
                     .groupBy("customer_id").agg(F.sort_array(F.collect_list("p")).alias("products")))

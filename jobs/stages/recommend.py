@@ -51,23 +51,39 @@ def _config(settings: Settings) -> dict[str, object]:
     return settings.recommendations.model_dump(exclude={"refresh_minutes"})
 
 
-def recent_build(spark: SparkSession, settings: Settings, as_of: datetime) -> dict[str, object] | None:
-    """The last build's outcome when it is as of at most ``recommendations.refresh_minutes``
-    before ``as_of``, with today's settings, and the table is still as it left it: read from the
-    table's last commit or the run log's (no Spark job)."""
+def _builds(spark: SparkSession, settings: Settings) -> list[tuple[datetime, dict[str, object]]]:
+    """What the table holds, by the outcomes that describe it: its last commit's, and the run
+    log's when the table is still at the version that run left (a build that wrote nothing).
+    Only builds with today's settings; read from commit metadata, no Spark job."""
     root = settings.lakehouse.root
     path = table_path(root, RECOMMENDATIONS)
-    refresh = timedelta(minutes=settings.recommendations.refresh_minutes)
     recorded = recorded_outcomes(spark, root).get("recommend") or {}
     own = last_commit_metadata(spark, path)
+    found = []
     for built in (own, recorded if recorded.get("version") == current_version(spark, path) else {}):
         inputs = built.get("inputs")
-        if not built.get("as_of") or not isinstance(inputs, dict) or inputs.get("config") != _config(settings):
-            continue
-        built_as_of = as_utc(datetime.fromisoformat(str(built["as_of"])))
-        if built_as_of <= as_of < built_as_of + refresh:
-            return built
-    return None
+        if built.get("as_of") and isinstance(inputs, dict) and inputs.get("config") == _config(settings):
+            found.append((as_utc(datetime.fromisoformat(str(built["as_of"]))), built))
+    return found
+
+
+def recent_build(spark: SparkSession, settings: Settings, as_of: datetime) -> dict[str, object] | None:
+    """The last build's outcome when it is as of at most ``recommendations.refresh_minutes``
+    before ``as_of`` (see :func:`_builds`)."""
+    refresh = timedelta(minutes=settings.recommendations.refresh_minutes)
+    return next((built for built_as_of, built in _builds(spark, settings)
+                 if built_as_of <= as_of < built_as_of + refresh), None)
+
+
+def recommendations_at(spark: SparkSession, settings: Settings, as_of: datetime, customers: DataFrame
+                       ) -> DataFrame:
+    """The recommendations of ``customers`` as of ``as_of``: read from the table when it holds a
+    build as of exactly that time, else computed from the events before it."""
+    as_of = as_utc(as_of)
+    if any(built_as_of == as_of for built_as_of, _ in _builds(spark, settings)):
+        table = read_or_empty(spark, settings.lakehouse.root, RECOMMENDATIONS)
+        return table.join(customers.select("customer_id"), "customer_id", "left_semi")
+    return compute_recommendations(spark, settings, as_of, customers)
 
 
 def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult,
