@@ -737,6 +737,24 @@ def tables(runtime: Runtime, as_json: bool, output: str) -> None:
     ))
 
 
+@cli.group(cls=LakehouseGroup)
+def catalog() -> None:
+    """The tables in a SQL catalog, so spark-sql, notebooks and BI tools find them by name."""
+
+
+@catalog.command("register")
+@click.option("--catalog", "catalog_name", help="A catalog the session configures (spark.sql.catalog.NAME); "
+                                                "default: the session's own (Hive metastore when enabled).")
+@pass_runtime
+def catalog_register(runtime: Runtime, catalog_name: str | None) -> None:
+    """Create the bronze/silver/gold/ops schemas and register every table at its location (idempotent)."""
+    from jobs.runtime.report import format_table
+    from jobs.tools.catalog import register
+
+    done = register(runtime.spark, runtime.settings.lakehouse.root, catalog_name)
+    click.echo(format_table(["table", "location"], [list(d) for d in done]))
+
+
 @cli.command("landed")
 @click.option("--source", "source_name", help="One source from conf/sources (default: every configured one).")
 @pass_runtime

@@ -82,3 +82,31 @@ def table_statuses(spark: SparkSession, root: str) -> list[TableStatus]:
         rows = read_table(spark, root, key).count()
         statuses.append(TableStatus(key, f"view of {view.source}", exists=True, rows=rows, kind="view"))
     return statuses
+
+
+def register(spark: SparkSession, root: str, catalog: str | None = None) -> list[tuple[str, str]]:
+    """Create the schemas ``bronze``, ``silver``, ``gold``, ``ops`` and register every table that
+    exists at its location, in ``catalog`` (default: the session's): then ``SELECT … FROM
+    silver.events`` works. Idempotent; a name already registered elsewhere is an error, never
+    re-pointed. Delta reads the table's log at query time, so a registration stays current as
+    jobs write. Returns ``(name, path)`` of every table registered or already in place."""
+    from jobs.runtime.errors import InputError
+
+    prefix = f"`{catalog}`." if catalog else ""
+    for layer in sorted({spec.layer for spec in REGISTRY.values()}):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}`{layer}`")
+    done = []
+    for key, spec in REGISTRY.items():
+        path = table_path(root, key)
+        if not is_delta_table(spark, path):
+            continue
+        name = f"{prefix}`{spec.layer}`.`{spec.name}`"
+        if spark.catalog.tableExists(f"{catalog + '.' if catalog else ''}{key}"):
+            details = {r["col_name"]: r["data_type"] for r in spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()}
+            location = (details.get("Location") or "").replace("file:", "").rstrip("/")
+            if location and location != path.replace("file:", "").rstrip("/"):
+                raise InputError(f"{key} is registered at {location}, not {path}: drop it first to re-point it")
+        else:
+            spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{path}'")
+        done.append((key, path))
+    return done

@@ -4,6 +4,7 @@ every table as it is now, a past version, and the change feed where it is on."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from jobs.runtime.tables import REGISTRY, current_version, table_path
@@ -43,3 +44,22 @@ def test_delta_rs_reads_every_table_a_past_version_and_the_change_feed(demo_lake
     events = DeltaTable(table_path(root, "silver.events")).to_pyarrow_table(columns=["event_ts", "price"])
     assert pa.types.is_timestamp(events.schema.field("event_ts").type)
     assert pa.types.is_decimal(events.schema.field("price").type)
+
+
+def test_catalog_register_makes_every_table_queryable_by_name_and_is_idempotent(demo_lakehouse, spark, tmp_path):
+    from jobs.runtime.errors import InputError
+    from jobs.tools.catalog import register
+
+    root = demo_lakehouse.root
+    first = register(spark, root)
+    assert register(spark, root) == first  # idempotent
+    assert {key for key, _ in first} >= {"bronze.events", "silver.events", "silver.products", "gold.customer_features",
+                                         "gold.segment_membership", "ops.job_runs"}
+    assert spark.sql("SELECT count(*) AS n FROM silver.events").first()["n"] == (
+        spark.read.format("delta").load(table_path(root, "silver.events")).count())
+    assert spark.table("gold.segment_membership").count() == (
+        spark.read.format("delta").load(table_path(root, "gold.segment_membership")).count())
+    elsewhere = tmp_path / "other"
+    spark.range(1).write.format("delta").save(str(elsewhere / "silver" / "events"))
+    with pytest.raises(InputError, match=r"silver.events is registered at .*, not .*other/silver/events"):
+        register(spark, str(elsewhere))
