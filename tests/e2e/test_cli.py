@@ -272,13 +272,15 @@ def test_the_scheduler_examples_use_real_commands_and_options():
 
 def test_run_and_sync_print_one_json_document_for_a_scheduler(demo_lakehouse, tmp_path):
     copy = demo_lakehouse.copy(tmp_path)
-    ran = CliRunner().invoke(cli, ["--conf", str(copy.conf), "run", "--as-of", DEMO_LATER, "--sync", "file",
+    landed = ["--set", f"landing.root={demo_lakehouse.base / 'landing'}"]  # the streams' checkpoints name these files
+    ran = CliRunner().invoke(cli, ["--conf", str(copy.conf), *landed, "run", "--as-of", DEMO_LATER, "--sync", "file",
                                    "--output", "json"])
     assert ran.exit_code == 0, ran.output
     document = json.loads(ran.stdout)
     assert [(s["stage"], s["status"]) for s in document["stages"]] == [
         (name, "succeeded") for name in ("ingest", "cleanse", "audit", "features", "segment", "recommend",
                                          "sync:file")]
+    assert document["stages"][0]["rows_in"] == 0 and document["stages"][0]["commits"] == {}  # nothing new landed
     assert {s["segment"] for s in document["segments"]} == {
         "abandoned_cart_24h", "at_risk", "high_value", "nyc_electronics_25_35", "window_shoppers"}
     synced = CliRunner().invoke(cli, ["--conf", str(copy.conf), "sync", "file", "-o", "json", "--fail-on-refused"])
