@@ -141,8 +141,8 @@ class Run:
             result.seconds = time.perf_counter() - started
             result.ended_at = utc_now()
             result.spark_jobs = _jobs_tagged(self.spark, tag)
-            LOG.log(logging.INFO if result.status == "succeeded" else logging.ERROR,
-                    "stage %s %s: %s rows in, %s out, %s rejected, %.1f s", name, result.status, result.rows_in,
+            # INFO either way: a failure reaches the operator as the command's one error line.
+            LOG.info("stage %s %s: %s rows in, %s out, %s rejected, %.1f s", name, result.status, result.rows_in,
                     result.rows_out, result.rejected, result.seconds,
                     extra={"run_id": self.run_id, "job": self.job, "stage": name, "status": result.status,
                            "rows_in": result.rows_in, "rows_out": result.rows_out, "rejected": result.rejected,
