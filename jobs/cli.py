@@ -457,9 +457,9 @@ def rules() -> None:
 @pass_runtime
 def rules_validate(runtime: Runtime) -> None:
     """Check every rule file, including segment SQL, and every email template, without reading any data."""
-    from jobs.content.templates import Templates, email_templates, templates_dir
+    from jobs.content.templates import Templates, email_templates
     from jobs.rules import load_bot_rules, load_event_types, load_locations, load_quality_rules
-    from jobs.runtime.settings import rules_dir
+    from jobs.runtime.settings import rules_dir, templates_dir
     from jobs.stages.segment import validated_segments
 
     folder = rules_dir(runtime.settings)

@@ -20,10 +20,10 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.content.templates import CUSTOMER_FIELDS, PRODUCT_FIELDS, Templates, templates_dir
+from jobs.content.templates import CUSTOMER_FIELDS, PRODUCT_FIELDS, Templates
 from jobs.rules.segments import Segment
 from jobs.runtime.errors import InputError
-from jobs.runtime.settings import Settings
+from jobs.runtime.settings import Settings, templates_dir
 from jobs.runtime.tables import read_or_empty
 from jobs.stages.features import FEATURES, as_utc, compute_features, features_as_of
 from jobs.stages.recommend import PRODUCTS, recommendations_at

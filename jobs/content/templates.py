@@ -30,7 +30,6 @@ currency, category, brand, in_stock``.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ from liquid import Environment, FileSystemLoader, StrictUndefined
 from liquid.exceptions import LiquidError
 
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.settings import PROJECT_ROOT, Settings
 from transforms.gold_features import FEATURE_COLUMNS
 
 SUFFIX = ".liquid"
@@ -59,18 +57,6 @@ CONTEXT: dict[str, tuple[tuple[str, ...], bool] | None] = {
     "as_of": None,
 }
 _LOCATION = re.compile(r"-> .* (\d+):(\d+)$", re.MULTILINE)
-
-
-def templates_dir(settings: Settings | None) -> Path:
-    """``templates_dir`` from the settings, else ``$LAKEHOUSE_TEMPLATES_DIR`` (set by the
-    spark-submit bundle's entry script), else the project's ``templates/``."""
-    if settings is not None and settings.templates_dir:
-        return Path(settings.templates_dir)
-    configured = os.environ.get("LAKEHOUSE_TEMPLATES_DIR")
-    if configured:
-        return Path(configured)
-    bundled = PROJECT_ROOT / "templates"
-    return bundled if bundled.is_dir() else Path.cwd() / "templates"
 
 
 def email_templates(folder: Path) -> list[Path]:

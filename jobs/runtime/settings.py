@@ -423,22 +423,27 @@ class Settings(Frozen):
         return f"{self.landing.root.rstrip('/')}/{folder}"
 
 
-def rules_dir(settings: Settings) -> Path:
-    if settings.rules_dir:
-        return Path(settings.rules_dir)
-    configured = os.environ.get("LAKEHOUSE_RULES_DIR")
+def _project_folder(name: str, configured: str = "") -> Path:
+    """A folder of the project (``conf``, ``rules``, ``templates``): the setting, else
+    ``$LAKEHOUSE_{NAME}_DIR`` (the spark-submit bundle's entry script sets it), else the
+    project's own, else the working directory's."""
+    configured = configured or os.environ.get(f"LAKEHOUSE_{name.upper()}_DIR", "")
     if configured:
         return Path(configured)
-    bundled = PROJECT_ROOT / "rules"
-    return bundled if bundled.is_dir() else Path.cwd() / "rules"
+    bundled = PROJECT_ROOT / name
+    return bundled if bundled.is_dir() else Path.cwd() / name
+
+
+def rules_dir(settings: Settings) -> Path:
+    return _project_folder("rules", settings.rules_dir)
+
+
+def templates_dir(settings: Settings | None) -> Path:
+    return _project_folder("templates", settings.templates_dir if settings is not None else "")
 
 
 def conf_dir() -> Path:
-    configured = os.environ.get("LAKEHOUSE_CONF_DIR")
-    if configured:
-        return Path(configured)
-    bundled = PROJECT_ROOT / "conf"
-    return bundled if bundled.is_dir() else Path.cwd() / "conf"
+    return _project_folder("conf")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -21,9 +21,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from jobs.content.templates import templates_dir
 from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
-from jobs.runtime.settings import PROJECT_ROOT, conf_dir
+from jobs.runtime.settings import PROJECT_ROOT, conf_dir, templates_dir
 from jobs.tools import owned_folder
 
 PACKAGES = ("jobs", "transforms")
