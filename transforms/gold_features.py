@@ -164,19 +164,20 @@ def assemble_features(as_of: datetime, activity: DataFrame, customers: DataFrame
         everyone.join(activity, "customer_id", "left")
         .join(profiles, "customer_id", "left")
         .fillna(0, subset=list(zero))
-        .withColumn("revenue_90d", F.coalesce("revenue_90d", F.lit(0)).cast(MONEY))
-        .withColumn("revenue_lifetime", F.coalesce("revenue_lifetime", F.lit(0)).cast(MONEY))
-        .withColumn("viewed_categories_7d", F.coalesce("viewed_categories_7d", F.array().cast(STRINGS)))
-        .withColumn("abandoned_products", F.when(F.col("cart_abandoned_at").isNotNull(),
-                                                 F.col("abandoned_products")).otherwise(F.array().cast(STRINGS)))
-        .withColumn("days_since_last_event", days_between(F.col("last_event_at"), as_of))
-        .withColumn("days_since_last_purchase", days_between(F.col("last_purchase_at"), as_of))
-        .withColumn("avg_order_value", F.when(
-            F.col("purchases_lifetime") > 0,
-            (F.col("revenue_lifetime") / F.col("purchases_lifetime")).cast(MONEY)))
-        .withColumn("age", age_on(F.col("birth_date"), F.to_date(_ts(as_of))))
-        .withColumn("email_consent", F.coalesce("email_consent", F.lit(False)))
-        .withColumn("as_of", _ts(as_of))
+        .withColumns({  # one projection each: a long chain of withColumn re-analyzes the plan every step
+            "revenue_90d": F.coalesce("revenue_90d", F.lit(0)).cast(MONEY),
+            "revenue_lifetime": F.coalesce("revenue_lifetime", F.lit(0)).cast(MONEY),
+            "viewed_categories_7d": F.coalesce("viewed_categories_7d", F.array().cast(STRINGS)),
+            "abandoned_products": F.when(F.col("cart_abandoned_at").isNotNull(),
+                                         F.col("abandoned_products")).otherwise(F.array().cast(STRINGS)),
+            "days_since_last_event": days_between(F.col("last_event_at"), as_of),
+            "days_since_last_purchase": days_between(F.col("last_purchase_at"), as_of),
+            "age": age_on(F.col("birth_date"), F.to_date(_ts(as_of))),
+            "email_consent": F.coalesce("email_consent", F.lit(False)),
+            "as_of": _ts(as_of),
+        })
+        .withColumn("avg_order_value", F.when(  # of the revenue as stored
+            F.col("purchases_lifetime") > 0, (F.col("revenue_lifetime") / F.col("purchases_lifetime")).cast(MONEY)))
     )
     return joined.transform(with_rfm).select(*FEATURE_COLUMNS)
 

@@ -103,6 +103,9 @@ class CleanseSettings(Frozen):
     stitch_lookback_days: int = Field(
         default=30, ge=0, description="When a device logs in, its anonymous events of this many days before "
                                       "the batch get the customer id too.")
+    complete_products_minutes: float = Field(
+        default=10, ge=0, description="In lakehouse stream, products new events mention and no feed lists join "
+        "silver.products at most this often (0: every tick); run and cleanse add them every time.")
 
 
 class GoldSettings(Frozen):
@@ -272,6 +275,10 @@ class SyncSettings(Frozen):
     sample_rows: int = Field(default=3, ge=0, description="Sample rows per change kind in --dry-run.")
     fold_after_batches: int = Field(
         default=50, ge=1, description="Ledger batches after which a sync folds them into ops.sync_state.")
+    ledger_commit_seconds: float = Field(
+        default=5, ge=0, description="Acknowledged batches go into ops.sync_ledger together: one commit when "
+        "this long has passed since the last one, and one at the end (a crash resends at most this long's "
+        "batches, with their idempotency keys).")
 
 
 class CollectorKey(Frozen):

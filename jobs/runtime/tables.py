@@ -164,7 +164,8 @@ REGISTRY: dict[str, TableSpec] = {
                   "Who is in which segment; one Delta commit per segment run that changed it.",
                   properties=CHANGE_FEED),
         TableSpec("ops", "sync_ledger", SYNC_LEDGER_SCHEMA,
-                  "Every batch sent to a destination, one commit each: per change, acknowledged or refused."),
+                  "Every batch sent to a destination (a sync's batches recorded together): per change, "
+                  "acknowledged or refused."),
         TableSpec("ops", "sync_state", SYNC_STATE_SCHEMA,
                   "Per destination, what it holds, folded from the ledger up to through_batch_seq."),
         TableSpec("ops", "job_runs", JOB_RUNS_SCHEMA,

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import reduce
 from operator import or_
 from pathlib import Path
@@ -44,7 +44,7 @@ from jobs.rules import (
 )
 from jobs.rules.sql import sql_problem
 from jobs.runtime.errors import ConfigError, LakehouseError
-from jobs.runtime.runlog import StageResult, run_stage, utc_now
+from jobs.runtime.runlog import StageResult, recorded_outcomes, run_stage, utc_now
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.spark import analysis_message
 from jobs.runtime.streams import Batch, caught_up, process_new
@@ -132,18 +132,21 @@ class Tally:
     checked: int = 0
 
 
-def _judgements(classified: DataFrame) -> tuple[Counter, Counter, Counter, int]:
-    """One pass: outcomes, reasons, expectation failures and rows checked."""
-    combos = classified.groupBy("_outcome", "_reasons", "_dq_checked", "_dq_failed").count().collect()
-    outcomes, reasons, failed, checked = Counter(), Counter(), Counter(), 0
+def _judgements(classified: DataFrame, flag: Column | None = None) -> tuple[Counter, Counter, Counter, int, int]:
+    """One pass: outcomes, reasons, expectation failures, rows checked and rows ``flag`` holds for."""
+    flag = F.lit(False) if flag is None else flag
+    combos = classified.groupBy("_outcome", "_reasons", "_dq_checked", "_dq_failed",
+                                F.coalesce(flag, F.lit(False)).alias("_flag")).count().collect()
+    outcomes, reasons, failed, checked, flagged = Counter(), Counter(), Counter(), 0, 0
     for row in combos:  # one row per combination of outcome, reasons and failures: a handful
         outcomes[row["_outcome"]] += row["count"]
         checked += row["count"] if row["_dq_checked"] else 0
+        flagged += row["count"] if row["_flag"] else 0
         for reason in row["_reasons"]:
             reasons[reason] += row["count"]
         for name in row["_dq_failed"]:
             failed[name] += row["count"]
-    return outcomes, reasons, failed, checked
+    return outcomes, reasons, failed, checked, flagged
 
 
 def _check_expectations(table: str, expectations: tuple[Expectation, ...], failed: Counter) -> None:
@@ -371,7 +374,9 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
     parsed.unpersist()
     try:
         new = classified.where(~F.col("_neighbour"))
-        outcomes, reasons, failed, checked = _judgements(new)
+        # Clean rows with both ids: a device seen logged in (none: no identity write, nothing to stitch).
+        outcomes, reasons, failed, checked, logins = _judgements(new, (F.col("_outcome") == "silver") & F.col(
+            "anonymous_id").isNotNull() & F.col("customer_id").isNotNull())
         _check_expectations(EVENTS, expectations, failed)
         retract = classified.where(F.col("_neighbour") & F.col("_in_silver") & (F.col("_outcome") == "rejected"))
 
@@ -396,7 +401,9 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
         # 2. identity map, 3. this batch's clean rows, stitched through it
         clean = new.where(F.col("_outcome") == "silver")
         pairs = identity_pairs(clean)
-        if holds_rows(spark, root, IDENTITY):
+        if not logins:
+            pass  # no device seen logged in: the map stays as it is
+        elif holds_rows(spark, root, IDENTITY):
             merge(spark, root, IDENTITY, lambda t: t.alias("t").merge(
                 pairs.alias("s"), "t.anonymous_id = s.anonymous_id")
                   .whenMatchedUpdate(
@@ -417,7 +424,7 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
         # 4. earlier silver rows: retracted, or stitched to the customer their device now maps to
         since = min(dates) - timedelta(days=cleanse.stitch_lookback_days) if dates else None
         changes = retract.select("event_id", "event_date", "customer_id", F.lit("retract").alias("_op"))
-        stitched = _stitchable(spark, root, batch, pairs, since, identity_map)
+        stitched = _stitchable(spark, root, batch, pairs, since, identity_map) if logins else None
         if stitched is not None:
             changes = changes.unionByName(stitched.withColumn("_op", F.lit("stitch")))
         changes = changes.persist()
@@ -517,7 +524,7 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
             .persist()
         )
         try:
-            outcomes, reasons, failed, checked = _judgements(parsed)
+            outcomes, reasons, failed, checked, _ = _judgements(parsed)
             _check_expectations(CUSTOMERS, expectations, failed)
             rejected = parsed.where(F.col("_outcome") == "rejected").select(
                 F.col("_reasons").alias("reasons"), "_raw.*", "_batch_id")
@@ -578,9 +585,17 @@ def _upsert_products(spark: SparkSession, root: str, batch: Batch, rows: DataFra
     return done["num_inserted_rows"] + done["num_updated_rows"]
 
 
-def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult) -> Tally:
+def _completed_lately(spark: SparkSession, root: str, at: datetime, every: timedelta) -> bool:
+    last = (recorded_outcomes(spark, root).get("products_from_events") or {}).get("as_of")
+    return bool(last) and timedelta(0) <= at - datetime.fromisoformat(str(last)) < every
+
+
+def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult, at: datetime | None = None
+                     ) -> Tally:
     """Catalog records -> silver.products (newest ``updated_at`` wins; a feed's record replaces
-    one made from events), then products the new silver events mention and no feed lists."""
+    one made from events), then products the new silver events mention and no feed lists — with
+    ``at`` (a stream's tick), not again within ``cleanse.complete_products_minutes`` of the last
+    time: a product seen only in events waits a few minutes for its card, the tick does not."""
     root = settings.lakehouse.root
     tally = Tally()
     catalog = current_version(spark, table_path(root, "bronze.catalog"))
@@ -619,7 +634,10 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
         process_new(root, "cleanse/products", _bronze_stream(spark, root, "bronze.catalog"), handle)
     _record(stage, "products", PRODUCTS, tally, PRODUCT_REASON_CODES, ())
     events = current_version(spark, table_path(root, EVENTS))
-    if events >= 0 and not caught_up(spark, root, "cleanse/products_from_events", events):
+    every = timedelta(minutes=settings.cleanse.complete_products_minutes)
+    if at is not None and events >= 0 and _completed_lately(spark, root, at, every):
+        stage.details["products_from_events"] = "kept (cleanse.complete_products_minutes)"
+    elif events >= 0 and not caught_up(spark, root, "cleanse/products_from_events", events):
         ensure_table(spark, root, PRODUCTS)
         completed = Counter()
 
@@ -629,19 +647,22 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
 
         process_new(root, "cleanse/products_from_events", _bronze_stream(spark, root, EVENTS), complete)
         stage.metrics["products.from_events"] = completed["rows"]
+        stage.outcomes["products_from_events"] = {"as_of": (at or utc_now()).isoformat()}
     if catalog >= 0 or events >= 0:
         stage.versions[PRODUCTS] = current_version(spark, table_path(root, PRODUCTS))
     return tally
 
 
 def cleanse_stage(spark: SparkSession, settings: Settings, stage: StageResult, events: bool = True,
-                  customers: bool = True) -> None:
+                  customers: bool = True, tick: datetime | None = None) -> None:
+    """Events, customers, then products; ``tick``: a stream's tick at that time (see
+    :func:`cleanse_products`)."""
     if events:
         cleanse_events(spark, settings, stage)
     if customers:
         cleanse_customers(spark, settings, stage)
     if events:
-        cleanse_products(spark, settings, stage)
+        cleanse_products(spark, settings, stage, tick)
 
 
 def cleanse(spark: SparkSession, settings: Settings, events: bool = True, customers: bool = True) -> StageResult:

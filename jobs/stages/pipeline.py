@@ -32,6 +32,12 @@ def _cleanse(spark: SparkSession, settings: Settings, as_of: datetime, stage: St
     cleanse_stage(spark, settings, stage)
 
 
+def _cleanse_tick(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
+    from jobs.stages.cleanse import cleanse_stage
+
+    cleanse_stage(spark, settings, stage, tick=as_of)
+
+
 def _audit(spark: SparkSession, settings: Settings, as_of: datetime, stage: StageResult) -> None:
     from jobs.stages.audit import audit_stage
 
@@ -76,14 +82,16 @@ def _sync_stage(name: str, allow_large_change: bool) -> StageFn:
 
 
 def run_stages(run: Run, settings: Settings, as_of: datetime, sync_to: tuple[str, ...] = (),
-               allow_large_change: bool = False) -> list[StageResult]:
+               allow_large_change: bool = False, tick: bool = False) -> list[StageResult]:
     """ingest -> cleanse -> audit -> features -> segment -> recommend (-> sync to each destination)
-    as stages of ``run``; a failure stops the run and names its stage."""
+    as stages of ``run``; a failure stops the run and names its stage. ``tick``: a stream's tick
+    (products seen only in events are completed on their own cadence)."""
     from jobs.destinations import destination
 
     for name in sync_to:
         destination(settings, name)  # an unknown destination fails before any stage runs
-    stages = [*STAGES, *[(f"sync:{name}", _sync_stage(name, allow_large_change)) for name in sync_to]]
+    chosen = [(name, _cleanse_tick if tick and name == "cleanse" else fn) for name, fn in STAGES]
+    stages = [*chosen, *[(f"sync:{name}", _sync_stage(name, allow_large_change)) for name in sync_to]]
     for name, stage_fn in stages:
         try:
             with run.stage(name) as stage:
@@ -101,4 +109,4 @@ def run_pipeline(spark: SparkSession, settings: Settings, as_of: datetime,
     """The whole pipeline as one command (``job`` ``run``): one ``ops.job_runs`` commit at the end
     (for a ``stream`` tick, only when it committed something or failed)."""
     with recorded(spark, settings.lakehouse.root, job, settings.env, quiet_when_idle=job == "stream") as run:
-        return run_stages(run, settings, as_of, sync_to, allow_large_change)
+        return run_stages(run, settings, as_of, sync_to, allow_large_change, tick=job == "stream")

@@ -8,9 +8,11 @@ consent, with their template attributes) with it, so changes are netted, a custo
 consent is never added or updated and is removed if they were there, and rows a destination
 refused or never acknowledged are simply still different next time.
 
-Every batch is one ledger commit as it is acknowledged — its changes, each ``acknowledged`` or
-``refused`` with the error — so a run killed anywhere resumes without sending an acknowledged
-change again; a batch sent but not yet acknowledged is sent again with the same idempotency key.
+Every batch's changes, each ``acknowledged`` or ``refused`` with the error, go into the ledger
+as it is acknowledged: the batches of a sync share one commit at the end, plus one whenever
+``sync.ledger_commit_seconds`` have passed since the last (and one when a batch fails, for those
+before it), so a run killed anywhere resumes without sending again what the ledger holds; a batch
+sent but not yet recorded is sent again with the same idempotency key.
 Once more than ``sync.fold_after_batches`` batches follow the state, the run folds them into it in
 one more commit, so what a sync reads stays bounded; a destination with no changes costs no
 commit and no request.
@@ -279,13 +281,21 @@ def _send_changes(spark: SparkSession, settings: Settings, target: Destination, 
         size = settings.sync.batch_size
         total = sum(-(-(s.adds + s.removes + s.updates) // size) for s in plan)
         next_seq = held.next_seq
-        for done, (segment_id, rows) in enumerate(_batches(changes, size), start=1):
-            batch_numbers[segment_id] += 1
-            _send(spark, root, target, stage.run_id, version, by_segment[segment_id], batch_numbers[segment_id],
-                  next_seq, rows)
-            next_seq += 1
-            if progress:
-                progress(done, total)
+        acknowledged: list[tuple] = []  # ledger rows of the batches sent since the last ledger commit
+        committed = time.monotonic()
+        try:
+            for done, (segment_id, rows) in enumerate(_batches(changes, size), start=1):
+                batch_numbers[segment_id] += 1
+                acknowledged += _send(target, stage.run_id, version, by_segment[segment_id],
+                                      batch_numbers[segment_id], next_seq, rows)
+                next_seq += 1
+                if time.monotonic() - committed >= settings.sync.ledger_commit_seconds:
+                    append_rows(spark, root, LEDGER, acknowledged)
+                    acknowledged, committed = [], time.monotonic()
+                if progress:
+                    progress(done, total)
+        finally:  # what was acknowledged is recorded, even when a later batch failed
+            append_rows(spark, root, LEDGER, acknowledged)
         if next_seq - 1 - held.through >= settings.sync.fold_after_batches:
             _fold_state(spark, root, target.name, held, next_seq - 1)
         target.finish(stage.run_id, {
@@ -327,18 +337,18 @@ def _guard(plan: list[SegmentSync], default_share: float, limits: dict[str, floa
             )
 
 
-def _send(spark: SparkSession, root: str, target: Destination, run_id: str, version: int, segment: SegmentSync,
-          batch_no: int, batch_seq: int, rows: list[dict[str, Any]]) -> None:
+def _send(target: Destination, run_id: str, version: int, segment: SegmentSync, batch_no: int, batch_seq: int,
+          rows: list[dict[str, Any]]) -> list[tuple]:
+    """Send one batch; its ledger rows (each change acknowledged or refused)."""
     key = batch_key(target.name, segment.segment_id, batch_seq, rows)
     started = time.perf_counter()
     result = target.send(run_id, segment.segment_id, batch_no, key, rows)
     seconds = time.perf_counter() - started
     failed = {customer_id: mask(error) for customer_id, error in result.failed}  # vendor text: no secret, no email
     now = utc_now()
-    append_rows(spark, root, LEDGER, [
-        (target.name, segment.segment_id, row["customer_id"], row["action"], row["attr_hash"],
-         REFUSED if row["customer_id"] in failed else ACKNOWLEDGED, failed.get(row["customer_id"]), key, batch_no,
-         batch_seq, seq, result.attempts, result.http_status, seconds, version, run_id, now)
-        for seq, row in enumerate(rows)])
     segment.failed += len(failed)
     segment.batches += 1
+    return [(target.name, segment.segment_id, row["customer_id"], row["action"], row["attr_hash"],
+             REFUSED if row["customer_id"] in failed else ACKNOWLEDGED, failed.get(row["customer_id"]), key, batch_no,
+             batch_seq, seq, result.attempts, result.http_status, seconds, version, run_id, now)
+            for seq, row in enumerate(rows)]

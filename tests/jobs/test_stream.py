@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.runtime.tables import read_table
+from jobs.runtime.tables import current_version, read_table, table_path
 from jobs.stages.stream import Tick, stop_on_signals, stream
 
 WINDOW_SECONDS = 12
@@ -68,8 +68,14 @@ def test_a_cart_becomes_abandoned_by_time_alone_and_a_signal_stops_after_its_tic
     _land(settings, "purchase.json", [{"event_id": "b1", "customer_id": "C1", "event_type": "purchase",
                                        "timestamp": _iso(datetime.now(UTC)), "product_id": "p1",
                                        "properties": {"price": 20, "order_id": "o1"}}])
-    assert stream(spark, settings, trigger_seconds=0.1, max_ticks=1) == 1  # a restart continues
+    products = current_version(spark, table_path(settings.lakehouse.root, "silver.products"))
+    restarted: list[Tick] = []
+    assert stream(spark, settings, trigger_seconds=0.1, max_ticks=1, on_tick=restarted.append) == 1  # it continues
     assert _abandoned(spark, settings) == set()
+    # Products seen in events were completed in tick 1: the next time is cleanse.complete_products_minutes later.
+    [cleansed] = [stage for stage in restarted[0].stages if stage.stage == "cleanse"]
+    assert "products_from_events" in cleansed.details
+    assert current_version(spark, table_path(settings.lakehouse.root, "silver.products")) == products
     bronze = read_table(spark, settings.lakehouse.root, "bronze.events")
     assert sorted(r["event_id"] for r in bronze.collect()) == ["a1", "b1"]  # each file once, across restarts
 

@@ -94,7 +94,8 @@ def test_a_sync_killed_after_a_batch_finishes_on_rerun_without_resending(spark, 
 
     sent.append(None)  # let every later batch through
     result = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
-    assert _plan(result)[0].adds == 3
+    assert (_plan(result)[0].adds, _plan(result)[0].batches) == (3, 2)
+    assert result.commits["ops.sync_ledger"] == 1  # the batches of a sync are recorded together
     adds = _ledger_state(spark, lakehouse).where(F.col("action") == "add").groupBy("customer_id").count()
     assert {r["customer_id"]: r["count"] for r in adds.collect()} == {f"C{i}": 1 for i in range(1, 6)}
 
