@@ -106,6 +106,37 @@ class Runtime:
 
 
 pass_runtime = click.make_pass_decorator(Runtime)
+
+
+# -- shell completion (``eval "$(_LAKEHOUSE_COMPLETE=bash_source lakehouse)"``, see the README) ---
+def _completion_settings(ctx: click.Context) -> Any:
+    """The settings the command line being completed names (its --env, --conf and --set)."""
+    from jobs.runtime.settings import load_settings
+
+    root = ctx.find_root().params
+    return load_settings(root.get("env"), root.get("conf_path"), root.get("overrides") or ())
+
+
+def complete_destinations(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The destinations the settings configure (``file`` always)."""
+    try:
+        destinations = _completion_settings(ctx).destinations
+    except Exception:  # a half-typed command line: nothing to offer, never a traceback
+        return []
+    names = [name for name in type(destinations).model_fields if getattr(destinations, name) is not None]
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_segments(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The segment ids of the rules folder (read from the rule files; no Spark)."""
+    from jobs.rules.segments import load_segments
+    from jobs.runtime.settings import rules_dir
+
+    try:
+        segments = load_segments(rules_dir(_completion_settings(ctx)))
+    except Exception:  # a broken rule file: nothing to offer
+        return []
+    return [segment.id for segment in segments if segment.id.startswith(incomplete)]
 OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
                       help="text for people; json: one JSON document on stdout for a scheduler (warnings and "
                            "errors stay on stderr).")
@@ -395,7 +426,7 @@ def segments_list(runtime: Runtime) -> None:
 
 
 @segments.command("show")
-@click.argument("segment_id")
+@click.argument("segment_id", shell_complete=complete_segments)
 @click.option("--version", "version", type=click.IntRange(0), help="Membership as of this Delta version.")
 @click.option("--timestamp", "timestamp", type=UtcTimestamp(), help="Membership as of this time (time travel).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(0), help="Members to print.")
@@ -417,7 +448,7 @@ def segments_show(runtime: Runtime, segment_id: str, version: int | None, timest
 
 
 @segments.command("diff")
-@click.argument("segment_id")
+@click.argument("segment_id", shell_complete=complete_segments)
 @click.option("--from", "from_version", required=True, type=click.IntRange(0), help="The earlier Delta version.")
 @click.option("--to", "to_version", required=True, type=click.IntRange(0), help="The later Delta version.")
 @pass_runtime
@@ -434,7 +465,7 @@ def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_versi
 
 
 @segments.command("history")
-@click.argument("segment_id")
+@click.argument("segment_id", shell_complete=complete_segments)
 @pass_runtime
 def segments_history(runtime: Runtime, segment_id: str) -> None:
     """Print a segment's size, entries and exits over every segment run."""
@@ -488,7 +519,8 @@ def rules_validate(runtime: Runtime) -> None:
 @cli.command("preview")
 @click.argument("template")
 @click.option("--customer", "customers", multiple=True, metavar="ID", help="A customer to render for (repeatable).")
-@click.option("--segment", "segment_id", help="Render for members of this segment (as its rule judges the time).")
+@click.option("--segment", "segment_id", shell_complete=complete_segments,
+              help="Render for members of this segment (as its rule judges the time).")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
               help="With --segment: how many members (the first by customer id).")
 @click.option("--as-of", "as_of", type=UtcTimestamp(), help="The time the content is as of (default: the features').")
@@ -511,7 +543,7 @@ def preview(runtime: Runtime, template: str, customers: tuple[str, ...], segment
 # -- run ---------------------------------------------------------------------------------------
 @cli.command("run")
 @click.option("--as-of", "as_of", type=UtcTimestamp(), help=AS_OF_HELP)
-@click.option("--sync", "sync_to", multiple=True, metavar="DEST",
+@click.option("--sync", "sync_to", multiple=True, metavar="DEST", shell_complete=complete_destinations,
               help="Then sync the changes to this destination (repeatable), e.g. --sync file.")
 @click.option("--allow-large-change", is_flag=True,
               help="Let the syncs remove more of a segment than its limit (see `sync --help`).")
@@ -549,7 +581,7 @@ def run(runtime: Runtime, as_of: datetime | None, sync_to: tuple[str, ...], allo
 @cli.command("stream")
 @click.option("--trigger", default="5s", show_default=True, type=Duration(),
               help="Start a tick this often (a slower tick is followed at once by the next).")
-@click.option("--sync", "sync_to", multiple=True, metavar="DEST",
+@click.option("--sync", "sync_to", multiple=True, metavar="DEST", shell_complete=complete_destinations,
               help="Each tick, sync the changes to this destination (repeatable).")
 @click.option("--allow-large-change", is_flag=True, help="As for run: let the syncs remove more than the limit.")
 @click.option("--max-ticks", type=click.IntRange(min=1), default=None, help="Stop after this many ticks.")
@@ -660,8 +692,9 @@ def recs_evaluate(runtime: Runtime, as_of: datetime, k: int, horizon_days: int, 
 
 # -- sync --------------------------------------------------------------------------------------
 @cli.command("sync")
-@click.argument("destination_name", metavar="DESTINATION")
-@click.option("--segment", "segment_ids", multiple=True, metavar="ID", help="Only this segment (repeatable).")
+@click.argument("destination_name", metavar="DESTINATION", shell_complete=complete_destinations)
+@click.option("--segment", "segment_ids", multiple=True, metavar="ID", shell_complete=complete_segments,
+              help="Only this segment (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the adds, removes and updates it would send; send nothing.")
 @click.option("--full-refresh", is_flag=True, help="Send the whole current state again, not only the changes.")
 @click.option("--allow-large-change", is_flag=True,

@@ -25,6 +25,7 @@ from transforms.bronze import COLUMNS_BY_KIND, FieldMapping
 
 DEFAULT_ENV = "local"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGED = Path(__file__).resolve().parents[1] / "project"  # in an installed wheel (setup.py)
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -433,12 +434,15 @@ class Settings(Frozen):
 def _project_folder(name: str, configured: str = "") -> Path:
     """A folder of the project (``conf``, ``rules``, ``templates``): the setting, else
     ``$LAKEHOUSE_{NAME}_DIR`` (the spark-submit bundle's entry script sets it), else the
-    project's own, else the working directory's."""
+    checkout's own, else the working directory's, else the defaults an installed wheel carries
+    (``jobs/project/``, see setup.py)."""
     configured = configured or os.environ.get(f"LAKEHOUSE_{name.upper()}_DIR", "")
     if configured:
         return Path(configured)
-    bundled = PROJECT_ROOT / name
-    return bundled if bundled.is_dir() else Path.cwd() / name
+    for candidate in (PROJECT_ROOT / name, Path.cwd() / name, PACKAGED / name):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd() / name
 
 
 def rules_dir(settings: Settings) -> Path:

@@ -311,3 +311,20 @@ def test_verbose_logs_a_start_and_an_end_line_per_stage_as_json(spark, tmp_path)
     assert end["run_id"] == lines[0]["run_id"] and end["seconds"] > 0 and end["run_id"] in result.stdout
     quiet = CliRunner().invoke(cli, [*_roots(tmp_path), "--set", "spark.profile=test", "ingest", "events"])
     assert quiet.stderr == ""  # the default logs warnings only
+
+
+def _complete(args, incomplete):
+    from click.shell_completion import ShellComplete
+
+    completion = ShellComplete(cli, {}, "lakehouse", "_LAKEHOUSE_COMPLETE")
+    return [item.value for item in completion.get_completions(list(args), incomplete)]
+
+
+def test_the_shell_completes_destinations_and_segment_ids_from_the_settings_and_rules():
+    assert _complete(["sync"], "") == ["file"]
+    webhook = ["--set", "destinations.webhook.url=https://example.com/hook", "--set",
+               "destinations.webhook.secret_env=HOOK_SECRET"]
+    assert _complete([*webhook, "run", "--sync"], "") == ["file", "webhook"]
+    assert _complete(["segments", "show"], "a") == ["abandoned_cart_24h", "at_risk"]
+    assert _complete(["sync", "file", "--segment"], "w") == ["window_shoppers"]
+    assert _complete(["--set", "rules_dir=/nowhere", "segments", "diff"], "") == []  # no rules: nothing, no error
