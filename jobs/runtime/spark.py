@@ -95,7 +95,7 @@ def session_confs(settings: SparkSettings) -> dict[str, str]:
     confs.update({key: _text(value) for key, value in settings.conf.items()})
     if (
         "spark.jars" not in confs
-        and "spark.jars.packages" not in confs
+        and "io.delta:" not in confs.get("spark.jars.packages", "")  # other packages (OpenLineage) add to Delta
         and not launched_by_spark_submit()
     ):
         jars = cached_delta_jars() or resolve_delta_jars()

@@ -1,7 +1,9 @@
 """The package as a cluster or a scheduler installs it: a wheel in a fresh virtual environment,
 used from a folder that is not the checkout, so ``conf/``, ``rules/`` and ``templates/`` can only
-come from the wheel's package data."""
+come from the wheel's package data; its run reports lineage through the OpenLineage listener
+configured as the README documents (one run serves both: each costs a JVM and a pipeline)."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
+OPENLINEAGE = "io.openlineage:openlineage-spark_2.13:1.53.0"  # the README's block
 SOURCES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "jobs", "transforms", "conf", "rules", "templates")
 
 
@@ -47,7 +50,7 @@ def _fresh_environment(work: Path, wheel: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_the_wheel_in_a_fresh_environment_validates_its_rules_and_runs_the_demo_from_another_folder(tmp_path):
+def test_the_wheel_in_a_fresh_environment_validates_its_rules_and_runs_the_demo_elsewhere_with_lineage(tmp_path):
     wheel = _build_wheel(tmp_path)
     venv = _fresh_environment(tmp_path, wheel)
     elsewhere = tmp_path / "elsewhere"
@@ -70,9 +73,32 @@ def test_the_wheel_in_a_fresh_environment_validates_its_rules_and_runs_the_demo_
     generated = lakehouse("demo", "generate", "--out", str(elsewhere / "landing"), "--customers", "20",
                           "--days", "1", "--events-per-day", "50")
     assert generated.returncode == 0, generated.stderr
+    lineage = {"spark.jars.packages": OPENLINEAGE,
+               "spark.extraListeners": "io.openlineage.spark.agent.OpenLineageSparkListener",
+               "spark.openlineage.namespace": "email-lakehouse", "spark.openlineage.transport.type": "file",
+               "spark.openlineage.transport.location": str(tmp_path / "lineage.jsonl")}
     ran = lakehouse("--set", f"lakehouse.root={elsewhere / 'lakehouse'}", "--set", f"landing.root={elsewhere / 'landing'}",
-                    "--set", f"destinations.file.path={elsewhere / 'exports'}", "run", "--sync", "file", "-o", "json")
+                    "--set", f"destinations.file.path={elsewhere / 'exports'}",
+                    *[a for key, value in lineage.items() for a in ("--set", f"spark.conf.{key}={value}")],
+                    "run", "--sync", "file", "-o", "json")
     assert ran.returncode == 0, ran.stderr
     assert '"status": "succeeded"' in ran.stdout and '"status": "failed"' not in ran.stdout
     assert list((elsewhere / "exports").glob("*/manifest.json"))  # the sync wrote its export
     assert not (elsewhere / "conf").exists() and not (elsewhere / "rules").exists()
+
+    # Lineage: every table a stage writes, with what it was computed from.
+    flows: dict[str, set[str]] = {}
+    for line in (tmp_path / "lineage.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        for output in event.get("outputs", []):
+            table = output["name"].split(f"{elsewhere}/")[-1]
+            flows.setdefault(table, set()).update(i["name"].split(f"{elsewhere}/")[-1] for i in event["inputs"])
+    assert flows["lakehouse/bronze/crm"] == {"landing/crm"}
+    assert flows["lakehouse/bronze/catalog"] == {"landing/catalog"}
+    assert flows["lakehouse/silver/products"] >= {"lakehouse/bronze/catalog"}
+    assert flows["lakehouse/silver/customers"] >= {"lakehouse/bronze/crm"}
+    assert flows["lakehouse/gold/customer_features"] >= {
+        "lakehouse/gold/customer_daily", "lakehouse/silver/customers", "lakehouse/silver/events"}
+    assert flows["lakehouse/gold/segment_membership"] >= {"lakehouse/gold/customer_features"}
+    assert flows["lakehouse/gold/product_recommendations"] >= {"lakehouse/silver/events", "lakehouse/silver/products"}
+    assert {"lakehouse/bronze/events", "lakehouse/silver/events", "lakehouse/ops/job_runs"} <= set(flows)
