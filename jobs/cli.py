@@ -102,7 +102,14 @@ class Runtime:
     def spark(self) -> SparkSession:
         from jobs.runtime.spark import get_spark
 
-        return get_spark(self.settings.spark)
+        return get_spark(self.settings.spark, s3a=self.s3a)
+
+    @property
+    def s3a(self) -> bool:
+        """Whether a root is on ``s3a://``: the S3A connector's jars join Delta's."""
+        from jobs.runtime.jars import needs_s3a
+
+        return needs_s3a(self.settings.lakehouse.root, self.settings.landing.root)
 
 
 pass_runtime = click.make_pass_decorator(Runtime)
@@ -811,12 +818,13 @@ def landed(runtime: Runtime, source_name: str | None) -> None:
 # -- jars --------------------------------------------------------------------------------------
 @cli.command("jars")
 @click.option("--sep", default=",", show_default=True, help="Separator between the jar paths.")
-def jars(sep: str) -> None:
-    """Print the cached Delta jars for spark-submit --jars (downloading them once)."""
-    from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
+@pass_runtime
+def jars(runtime: Runtime, sep: str) -> None:
+    """Print the cached Delta jars (and the S3A connector's when a root is on s3a://) for
+    spark-submit --jars, resolving them once."""
+    from jobs.runtime.jars import spark_jars
 
-    paths = cached_delta_jars() or resolve_delta_jars()
-    click.echo(sep.join(str(p) for p in paths))
+    click.echo(sep.join(str(p) for p in spark_jars(runtime.s3a)))
 
 
 # -- privacy -----------------------------------------------------------------------------------
@@ -921,11 +929,12 @@ def bench(runtime: Runtime, events: int, workdir: str, out: str, collector: bool
               help="Folder to write the cluster bundle to.")
 @pass_runtime
 def package(runtime: Runtime, out: str) -> None:
-    """Build the spark-submit bundle: code zip, entry script, Delta jars, conf and rules."""
+    """Build the spark-submit bundle: code zip, entry script, Delta jars (and the S3A connector's
+    when a root is on s3a://), conf and rules."""
     from jobs.runtime.settings import rules_dir
     from jobs.tools.package import build
 
-    parts = build(Path(out), rules_dir(runtime.settings))
+    parts = build(Path(out), rules_dir(runtime.settings), s3a=runtime.s3a)
     click.echo(f"bundle written to {out}; submit with:")
     click.echo(f"  spark-submit --master <MASTER> --jars {parts['jars']} \\\n"
                f"    --py-files {parts['py_files']} --archives {parts['archives']} \\\n"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
-from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
+from jobs.runtime.jars import spark_jars
 from jobs.runtime.settings import SparkConfValue, SparkSettings, conf_dir
 
 DELTA_CONFS: dict[str, str] = {
@@ -81,8 +81,9 @@ LOCAL_CONFS: dict[str, str] = {
 }
 
 
-def session_confs(settings: SparkSettings) -> dict[str, str]:
-    """Every conf the builder gets: Delta, base, local mode's, the profile's, then the user's (which win)."""
+def session_confs(settings: SparkSettings, s3a: bool = False) -> dict[str, str]:
+    """Every conf the builder gets: Delta, base, local mode's, the profile's, then the user's (which
+    win); ``s3a``: a root is on ``s3a://``, so the S3A connector's jars join Delta's."""
     confs = {**DELTA_CONFS, **BASE_CONFS, "spark.ui.enabled": _text(settings.ui)}
     if (settings.master or "").startswith("local"):
         confs.update(LOCAL_CONFS)
@@ -98,8 +99,7 @@ def session_confs(settings: SparkSettings) -> dict[str, str]:
         and "io.delta:" not in confs.get("spark.jars.packages", "")  # other packages (OpenLineage) add to Delta
         and not launched_by_spark_submit()
     ):
-        jars = cached_delta_jars() or resolve_delta_jars()
-        confs["spark.jars"] = ",".join(str(p) for p in jars)
+        confs["spark.jars"] = ",".join(str(p) for p in spark_jars(s3a))
     return confs
 
 
@@ -118,15 +118,17 @@ def _local_java_options(confs: dict[str, str]) -> None:
             f"{LOCAL_JAVA_OPTIONS} -Dlog4j.configurationFile={log_conf.resolve().as_uri()}")
 
 
-def get_spark(settings: SparkSettings, extra_confs: Mapping[str, str] | None = None) -> SparkSession:
-    """The active session if there is one, else a new one built from the settings."""
+def get_spark(settings: SparkSettings, extra_confs: Mapping[str, str] | None = None, s3a: bool = False
+              ) -> SparkSession:
+    """The active session if there is one, else a new one built from the settings (``s3a``: see
+    :func:`session_confs`)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     builder = SparkSession.builder.appName(settings.app_name)
     if settings.master and not launched_by_spark_submit():
         builder = builder.master(settings.master)
-    confs = {**session_confs(settings), **(extra_confs or {})}
+    confs = {**session_confs(settings, s3a), **(extra_confs or {})}
     if not launched_by_spark_submit():
         _local_java_options(confs)
     for key, value in confs.items():

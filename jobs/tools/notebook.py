@@ -17,6 +17,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.runtime.jars import needs_s3a
 from jobs.runtime.settings import PROJECT_ROOT, Settings, load_settings
 from jobs.runtime.spark import get_spark
 from jobs.runtime.tables import read_or_empty, table_path
@@ -43,7 +44,7 @@ def open_lakehouse(root: str | None = None) -> Lakehouse:
     with chdir(PROJECT_ROOT):
         settings = load_settings(os.environ.get("LAKEHOUSE_ENV"), os.environ.get("LAKEHOUSE_CONF") or None,
                                  overrides)
-    return Lakehouse(settings, get_spark(settings.spark))
+    return Lakehouse(settings, get_spark(settings.spark, s3a=needs_s3a(settings.lakehouse.root)))
 
 
 def rejections_by_reason(lakehouse: Lakehouse) -> pd.DataFrame:

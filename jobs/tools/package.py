@@ -21,7 +21,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from jobs.runtime.jars import cached_delta_jars, resolve_delta_jars
+from jobs.runtime.jars import spark_jars
 from jobs.runtime.settings import PROJECT_ROOT, conf_dir, templates_dir
 from jobs.tools import owned_folder
 
@@ -69,7 +69,7 @@ def runtime_requirements() -> list[str]:
 FOLDERS = ("conf", "rules", "templates")
 
 
-def build(out: Path, rules: Path | None = None) -> dict[str, object]:
+def build(out: Path, rules: Path | None = None, s3a: bool = False) -> dict[str, object]:
     owned_folder(out, "package")
     with zipfile.ZipFile(out / "lakehouse.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         for package in PACKAGES:
@@ -78,7 +78,7 @@ def build(out: Path, rules: Path | None = None) -> dict[str, object]:
     jars = out / "jars"
     shutil.rmtree(jars, ignore_errors=True)
     jars.mkdir()
-    for jar in cached_delta_jars() or resolve_delta_jars():
+    for jar in spark_jars(s3a):
         shutil.copy2(jar, jars / jar.name)
     rules = rules or PROJECT_ROOT / "rules"
     for name, source in zip(FOLDERS, (conf_dir(), rules, templates_dir(None)), strict=True):
