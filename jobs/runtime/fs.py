@@ -96,6 +96,16 @@ def read_text(spark: SparkSession, path: str) -> str:
     return bytes(data).decode("utf-8")
 
 
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """A small text file, replaced whole."""
+    fs, hadoop_path = _hadoop_path(spark, path)
+    stream = fs.create(hadoop_path, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+
+
 def list_names(spark: SparkSession, folder: str) -> list[str]:
     """Names of the entries directly in ``folder`` (none when it does not exist)."""
     fs, hadoop_path = _hadoop_path(spark, folder)

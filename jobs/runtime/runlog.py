@@ -191,6 +191,9 @@ def recorded(spark: SparkSession, root: str, job: str, env: str, run_id: str | N
             idle = failure is None and not any(stage.commits for stage in run.stages)
             if not (quiet_when_idle and idle):
                 _record(spark, root, run, failure)
+            from jobs.tools.catalog import keep_registered
+
+            keep_registered(spark, root)
 
 
 def recorded_outcomes(spark: SparkSession, root: str) -> dict[str, dict[str, Any]]:

@@ -278,6 +278,9 @@ def _property(snapshot: Any, name: str) -> str | None:
 _ENSURED: set[str] = set()
 
 
+CREATED: set[str] = set()  # tables this process created, until a command's end registers them
+
+
 def ensure_table(spark: SparkSession, root: str, key: str) -> str:
     """The path of ``key``'s Delta table, created empty with its schema and properties if absent
     and upgraded if an earlier release made it (its ``lakehouse.schemaVersion`` is lower).
@@ -304,6 +307,7 @@ def _create(spark: SparkSession, path: str, table: TableSpec) -> None:
         builder = builder.property(name, value)
     builder.execute()
     runlog.note_commit(table.key)
+    CREATED.add(table.key)
 
 
 def _upgrade(spark: SparkSession, path: str, table: TableSpec, snapshot: Any) -> None:

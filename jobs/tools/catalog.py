@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -9,8 +12,11 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from jobs.runtime import fs, tables
 from jobs.runtime.runlog import JOB_RUNS
 from jobs.runtime.tables import REGISTRY, VIEWS, is_delta_table, read_table, table_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,19 +90,29 @@ def table_statuses(spark: SparkSession, root: str) -> list[TableStatus]:
     return statuses
 
 
-def register(spark: SparkSession, root: str, catalog: str | None = None) -> list[tuple[str, str]]:
+def _marker(root: str) -> str:
+    return f"{root.rstrip('/')}/_catalog/registered.json"
+
+
+def register(spark: SparkSession, root: str, catalog: str | None = None, keys: Iterable[str] | None = None
+             ) -> list[tuple[str, str]]:
     """Create the schemas ``bronze``, ``silver``, ``gold``, ``ops`` and register every table that
-    exists at its location, in ``catalog`` (default: the session's): then ``SELECT … FROM
-    silver.events`` works. Idempotent; a name already registered elsewhere is an error, never
-    re-pointed. Delta reads the table's log at query time, so a registration stays current as
-    jobs write. Returns ``(name, path)`` of every table registered or already in place."""
+    exists (or those of ``keys``) at its location, in ``catalog`` (default: the session's): then
+    ``SELECT … FROM silver.events`` works. Idempotent; a name already registered elsewhere is an
+    error, never re-pointed. Delta reads the table's log at query time, so a registration stays
+    current as jobs write, and the lakehouse remembers the catalog (``_catalog/registered.json``)
+    so that a command creating a table registers it too (:func:`keep_registered`). Returns
+    ``(name, path)`` of every table registered or already in place."""
     from jobs.runtime.errors import InputError
 
     prefix = f"`{catalog}`." if catalog else ""
     for layer in sorted({spec.layer for spec in REGISTRY.values()}):
-        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}`{layer}`")
+        if not spark.catalog.databaseExists(f"{catalog}.{layer}" if catalog else layer):
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}`{layer}`")
     done = []
-    for key, spec in REGISTRY.items():
+    chosen = REGISTRY.keys() if keys is None else [k for k in REGISTRY if k in set(keys)]
+    for key in chosen:
+        spec = REGISTRY[key]
         path = table_path(root, key)
         if not is_delta_table(spark, path):
             continue
@@ -109,4 +125,22 @@ def register(spark: SparkSession, root: str, catalog: str | None = None) -> list
         else:
             spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{path}'")
         done.append((key, path))
+    if keys is None:
+        fs.write_text(spark, _marker(root), json.dumps({"catalog": catalog}) + "\n")
     return done
+
+
+def keep_registered(spark: SparkSession, root: str) -> None:
+    """At a writing command's end: the tables it created join the catalog the lakehouse was
+    registered in, if it was (nothing created: no look-up at all). A table the catalog refuses is
+    a warning, never a failure: its data is committed and reachable by path."""
+    created = set(tables.CREATED)
+    tables.CREATED.clear()
+    for key in sorted(created):
+        try:
+            if not fs.exists(spark, _marker(root)):
+                return
+            register(spark, root, json.loads(fs.read_text(spark, _marker(root))).get("catalog"), [key])
+        except Exception as exc:  # the catalog is out of reach or refuses: the command itself is done
+            log.warning("could not register %s in the catalog: %s", key,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -50,7 +50,7 @@ def test_catalog_register_makes_every_table_queryable_by_name_and_is_idempotent(
     from jobs.runtime.errors import InputError
     from jobs.tools.catalog import register
 
-    root = demo_lakehouse.root
+    root = str(demo_lakehouse.copy(tmp_path / "copy").base / "lakehouse")  # it remembers its catalog
     first = register(spark, root)
     assert register(spark, root) == first  # idempotent
     assert {key for key, _ in first} >= {"bronze.events", "silver.events", "silver.products", "gold.customer_features",
@@ -63,3 +63,24 @@ def test_catalog_register_makes_every_table_queryable_by_name_and_is_idempotent(
     spark.range(1).write.format("delta").save(str(elsewhere / "silver" / "events"))
     with pytest.raises(InputError, match=r"silver.events is registered at .*, not .*other/silver/events"):
         register(spark, str(elsewhere))
+
+
+def test_a_command_that_creates_a_table_registers_it_where_the_lakehouse_is_registered(spark, make_settings, tmp_path):
+    from jobs.stages.ingest import ingest
+    from jobs.tools.catalog import register
+
+    settings = make_settings(f"lakehouse.root={tmp_path / 'lakehouse'}", f"landing.root={tmp_path / 'landing'}")
+    crm = tmp_path / "landing" / "crm"
+    crm.mkdir(parents=True)
+    (crm / "crm.csv").write_text("customer_id,email,email_consent,updated_at\nC1,c1@example.com,yes,2026-01-01\n")
+    created = ("bronze.crm", "ops.job_runs")
+    for name in created:  # the session's catalog may hold another test's
+        spark.sql(f"DROP TABLE IF EXISTS {name}")
+    try:
+        assert register(spark, settings.lakehouse.root) == []  # no table yet: the schemas, and a remembered catalog
+        ingest(spark, settings, "crm")
+        assert spark.table("bronze.crm").count() == 1  # registered by the ingest that created it
+        assert spark.table("ops.job_runs").where("job = 'ingest'").count() == 1  # created by it too
+    finally:
+        for name in created:  # external tables: dropping the name leaves the data
+            spark.sql(f"DROP TABLE IF EXISTS {name}")
