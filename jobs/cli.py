@@ -416,8 +416,9 @@ def segments() -> None:
 
 
 @segments.command("list")
+@OUTPUT
 @pass_runtime
-def segments_list(runtime: Runtime) -> None:
+def segments_list(runtime: Runtime, output: str) -> None:
     """List the segment rules with their latest size."""
     from jobs.rules.segments import load_segments
     from jobs.runtime.report import format_table
@@ -426,6 +427,10 @@ def segments_list(runtime: Runtime) -> None:
 
     rules = load_segments(rules_dir(runtime.settings))
     sizes = latest_sizes(runtime.spark, runtime.settings.lakehouse.root)
+    if output == "json":
+        _echo_json([{"segment": s.id, "size": sizes.get(s.id, (None, None))[0],
+                     "version": sizes.get(s.id, (None, None))[1], "name": s.name} for s in rules])
+        return
     click.echo(format_table(
         ["segment", "size", "version", "name"],
         [[s.id, *sizes.get(s.id, (None, None)), s.name] for s in rules],
@@ -437,9 +442,10 @@ def segments_list(runtime: Runtime) -> None:
 @click.option("--version", "version", type=click.IntRange(0), help="Membership as of this Delta version.")
 @click.option("--timestamp", "timestamp", type=UtcTimestamp(), help="Membership as of this time (time travel).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(0), help="Members to print.")
+@OUTPUT
 @pass_runtime
 def segments_show(runtime: Runtime, segment_id: str, version: int | None, timestamp: datetime | None,
-                  limit: int) -> None:
+                  limit: int, output: str) -> None:
     """Print a segment's members, now or at a past version or time."""
     from jobs.runtime.report import format_table
     from jobs.stages.segment import membership_at
@@ -449,6 +455,10 @@ def segments_show(runtime: Runtime, segment_id: str, version: int | None, timest
     members_df = membership_at(runtime.spark, runtime.settings.lakehouse.root, segment_id, version, timestamp)
     total = members_df.count()
     rows = members_df.orderBy("customer_id").limit(limit).collect()
+    if output == "json":
+        _echo_json({"segment": segment_id, "members": total, "shown": [
+            {"customer_id": r["customer_id"], "entered_at": r["entered_at"], "as_of": r["as_of"]} for r in rows]})
+        return
     click.echo(f"{segment_id}: {total:,} members")
     click.echo(format_table(["customer_id", "entered_at", "as_of"],
                             [[r["customer_id"], r["entered_at"], r["as_of"]] for r in rows]))
@@ -458,12 +468,17 @@ def segments_show(runtime: Runtime, segment_id: str, version: int | None, timest
 @click.argument("segment_id", shell_complete=complete_segments)
 @click.option("--from", "from_version", required=True, type=click.IntRange(0), help="The earlier Delta version.")
 @click.option("--to", "to_version", required=True, type=click.IntRange(0), help="The later Delta version.")
+@OUTPUT
 @pass_runtime
-def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_version: int) -> None:
+def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_version: int, output: str) -> None:
     """List who entered and who exited a segment between two versions."""
     from jobs.stages.segment import diff
 
     entered, exited = diff(runtime.spark, runtime.settings.lakehouse.root, segment_id, from_version, to_version)
+    if output == "json":
+        _echo_json({"segment": segment_id, "from": from_version, "to": to_version, "entered": entered,
+                    "exited": exited})
+        return
     click.echo(f"{segment_id} v{from_version} -> v{to_version}: {len(entered)} entered, {len(exited)} exited")
     for customer in entered:
         click.echo(f"+ {customer}")
@@ -473,17 +488,19 @@ def segments_diff(runtime: Runtime, segment_id: str, from_version: int, to_versi
 
 @segments.command("history")
 @click.argument("segment_id", shell_complete=complete_segments)
+@OUTPUT
 @pass_runtime
-def segments_history(runtime: Runtime, segment_id: str) -> None:
+def segments_history(runtime: Runtime, segment_id: str, output: str) -> None:
     """Print a segment's size, entries and exits over every segment run."""
     from jobs.runtime.report import format_table
     from jobs.stages.segment import history
 
-    click.echo(format_table(
-        ["version", "as_of", "size", "entered", "exited", "run_id"],
-        [[r["delta_version"], r["as_of"], r["size"], r["entered"], r["exited"], r["run_id"]]
-         for r in history(runtime.spark, runtime.settings.lakehouse.root, segment_id)],
-    ))
+    columns = ["delta_version", "as_of", "size", "entered", "exited", "run_id"]
+    rows = [[r[c] for c in columns] for r in history(runtime.spark, runtime.settings.lakehouse.root, segment_id)]
+    if output == "json":
+        _echo_json([dict(zip(["version", *columns[1:]], row, strict=True)) for row in rows])
+        return
+    click.echo(format_table(["version", *columns[1:]], rows))
 
 
 @cli.group(cls=LakehouseGroup)

@@ -1,3 +1,4 @@
+import json
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -187,3 +188,11 @@ def test_segments_commands_read_membership_over_versions(spark, gold_lakehouse):
     assert listed["abandoned_cart_24h"] == "2" and listed["nyc_electronics_25_35"] == "1"
     both = CliRunner().invoke(cli, [*base, "show", "at_risk", "--version", "1", "--timestamp", "2026-11-20"])
     assert both.exit_code == 2 and "not both" in both.output
+
+    # The same for a scheduler: one JSON document each.
+    assert json.loads(run("show", "abandoned_cart_24h", "--version", str(first), "-o", "json"))["members"] == 2
+    assert json.loads(run("diff", "abandoned_cart_24h", "--from", str(first), "--to", str(second), "-o", "json"))[
+        "entered"] == ["C2"]
+    assert [(r["version"], r["entered"], r["exited"]) for r in json.loads(
+        run("history", "abandoned_cart_24h", "-o", "json"))] == [(first, 2, 0), (second, 1, 1)]
+    assert {r["segment"]: r["size"] for r in json.loads(run("list", "-o", "json"))}["abandoned_cart_24h"] == 2
