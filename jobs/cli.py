@@ -427,14 +427,12 @@ def segments_list(runtime: Runtime, output: str) -> None:
 
     rules = load_segments(rules_dir(runtime.settings))
     sizes = latest_sizes(runtime.spark, runtime.settings.lakehouse.root)
+    columns = ["segment", "size", "version", "name"]
+    rows = [[s.id, *sizes.get(s.id, (None, None)), s.name] for s in rules]
     if output == "json":
-        _echo_json([{"segment": s.id, "size": sizes.get(s.id, (None, None))[0],
-                     "version": sizes.get(s.id, (None, None))[1], "name": s.name} for s in rules])
+        _echo_json([dict(zip(columns, row, strict=True)) for row in rows])
         return
-    click.echo(format_table(
-        ["segment", "size", "version", "name"],
-        [[s.id, *sizes.get(s.id, (None, None)), s.name] for s in rules],
-    ))
+    click.echo(format_table(columns, rows))
 
 
 @segments.command("show")

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -201,6 +201,12 @@ def recorded_outcomes(spark: SparkSession, root: str) -> dict[str, dict[str, Any
     from jobs.runtime.tables import last_commit_metadata, table_path
 
     return dict(last_commit_metadata(spark, table_path(root, JOB_RUNS)).get("outcomes", {}))
+
+
+def ran_lately(spark: SparkSession, root: str, step: str, at: datetime, within: timedelta) -> bool:
+    """Whether ``step`` last succeeded (its recorded outcome's ``as_of``) less than ``within`` before ``at``."""
+    last = (recorded_outcomes(spark, root).get(step) or {}).get("as_of")
+    return bool(last) and timedelta(0) <= at - datetime.fromisoformat(str(last)).astimezone(UTC) < within
 
 
 def _record(spark: SparkSession, root: str, run: Run, failure: BaseException | None) -> None:

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from jobs.rules import SourceAudit, load_quality_rules
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.runlog import StageResult, recorded_outcomes, run_stage
+from jobs.runtime.runlog import StageResult, ran_lately, run_stage
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.tables import read_or_empty
 from jobs.stages.cleanse import DataQualityFailure
@@ -84,11 +84,6 @@ def _volume(spark: SparkSession, settings: Settings, source: str, audit: SourceA
                   f"in {audit.weeks} weeks, ±{audit.volume_band:.0%})"), current
 
 
-def _judged_lately(spark: SparkSession, root: str, at: datetime) -> bool:
-    last = (recorded_outcomes(spark, root).get("audit") or {}).get("as_of")
-    return bool(last) and timedelta(0) <= at - as_utc(datetime.fromisoformat(str(last))) < SCHEDULED_EVERY
-
-
 def audit_stage(spark: SparkSession, settings: Settings, at: datetime, stage: StageResult,
                 scheduled: bool = False) -> None:
     """Judge every configured audit as of ``at``; record each; fail after them if a ``fail`` one
@@ -97,7 +92,7 @@ def audit_stage(spark: SparkSession, settings: Settings, at: datetime, stage: St
     rules = rules_dir(settings)
     audits = load_quality_rules(rules).sources
     at = as_utc(at)
-    if not audits or (scheduled and _judged_lately(spark, settings.lakehouse.root, at)):
+    if not audits or (scheduled and ran_lately(spark, settings.lakehouse.root, "audit", at, SCHEDULED_EVERY)):
         return
     failed_hard = []
     for source, checks in sorted(audits.items()):

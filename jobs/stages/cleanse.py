@@ -44,7 +44,7 @@ from jobs.rules import (
 )
 from jobs.rules.sql import sql_problem
 from jobs.runtime.errors import ConfigError, LakehouseError
-from jobs.runtime.runlog import StageResult, recorded_outcomes, run_stage, utc_now
+from jobs.runtime.runlog import StageResult, ran_lately, run_stage, utc_now
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.spark import analysis_message
 from jobs.runtime.streams import Batch, caught_up, process_new
@@ -134,9 +134,9 @@ class Tally:
 
 def _judgements(classified: DataFrame, flag: Column | None = None) -> tuple[Counter, Counter, Counter, int, int]:
     """One pass: outcomes, reasons, expectation failures, rows checked and rows ``flag`` holds for."""
-    flag = F.lit(False) if flag is None else flag
+    flagged_by = F.lit(False) if flag is None else F.coalesce(flag, F.lit(False))
     combos = classified.groupBy("_outcome", "_reasons", "_dq_checked", "_dq_failed",
-                                F.coalesce(flag, F.lit(False)).alias("_flag")).count().collect()
+                                flagged_by.alias("_flag")).count().collect()
     outcomes, reasons, failed, checked, flagged = Counter(), Counter(), Counter(), 0, 0
     for row in combos:  # one row per combination of outcome, reasons and failures: a handful
         outcomes[row["_outcome"]] += row["count"]
@@ -401,9 +401,8 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
         # 2. identity map, 3. this batch's clean rows, stitched through it
         clean = new.where(F.col("_outcome") == "silver")
         pairs = identity_pairs(clean)
-        if not logins:
-            pass  # no device seen logged in: the map stays as it is
-        elif holds_rows(spark, root, IDENTITY):
+        # only a batch with a login changes the map
+        if logins and holds_rows(spark, root, IDENTITY):
             merge(spark, root, IDENTITY, lambda t: t.alias("t").merge(
                 pairs.alias("s"), "t.anonymous_id = s.anonymous_id")
                   .whenMatchedUpdate(
@@ -412,7 +411,7 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
                            "first_seen_at": "least(t.first_seen_at, s.first_seen_at)"})
                   .whenMatchedUpdate(set={"first_seen_at": "least(t.first_seen_at, s.first_seen_at)"})
                   .whenNotMatchedInsertAll(), txn=batch.txn(IDENTITY))
-        else:  # nothing to match: one append of one row per device
+        elif logins:  # nothing to match: one append of one row per device
             append(pairs, root, IDENTITY, txn=batch.txn(IDENTITY))
         identity_map = spark.read.format("delta").load(table_path(root, IDENTITY))
         silver_rows = clean.transform(stitch_identities(identity_map)).withColumn(
@@ -585,11 +584,6 @@ def _upsert_products(spark: SparkSession, root: str, batch: Batch, rows: DataFra
     return done["num_inserted_rows"] + done["num_updated_rows"]
 
 
-def _completed_lately(spark: SparkSession, root: str, at: datetime, every: timedelta) -> bool:
-    last = (recorded_outcomes(spark, root).get("products_from_events") or {}).get("as_of")
-    return bool(last) and timedelta(0) <= at - datetime.fromisoformat(str(last)) < every
-
-
 def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult, at: datetime | None = None
                      ) -> Tally:
     """Catalog records -> silver.products (newest ``updated_at`` wins; a feed's record replaces
@@ -635,7 +629,7 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
     _record(stage, "products", PRODUCTS, tally, PRODUCT_REASON_CODES, ())
     events = current_version(spark, table_path(root, EVENTS))
     every = timedelta(minutes=settings.cleanse.complete_products_minutes)
-    if at is not None and events >= 0 and _completed_lately(spark, root, at, every):
+    if at is not None and events >= 0 and ran_lately(spark, root, "products_from_events", at, every):
         stage.details["products_from_events"] = "kept (cleanse.complete_products_minutes)"
     elif events >= 0 and not caught_up(spark, root, "cleanse/products_from_events", events):
         ensure_table(spark, root, PRODUCTS)

@@ -136,11 +136,16 @@ def keep_registered(spark: SparkSession, root: str) -> None:
     a warning, never a failure: its data is committed and reachable by path."""
     created = set(tables.CREATED)
     tables.CREATED.clear()
+    try:
+        if not created or not fs.exists(spark, _marker(root)):
+            return
+        catalog = json.loads(fs.read_text(spark, _marker(root))).get("catalog")
+    except Exception as exc:  # the lakehouse root is out of reach: the command itself is done
+        log.warning("could not read where the lakehouse is registered: %s", exc)
+        return
     for key in sorted(created):
         try:
-            if not fs.exists(spark, _marker(root)):
-                return
-            register(spark, root, json.loads(fs.read_text(spark, _marker(root))).get("catalog"), [key])
+            register(spark, root, catalog, [key])
         except Exception as exc:  # the catalog is out of reach or refuses: the command itself is done
             log.warning("could not register %s in the catalog: %s", key,
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
