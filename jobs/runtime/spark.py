@@ -75,9 +75,13 @@ def _text(value: SparkConfValue) -> str:
 # which costs half a minute even for a table of ten files.
 # And a Delta log on one machine is small: rebuilding a snapshot's state (every idempotent write
 # and every read of a new version does) in one partition saves a quarter of its cost.
+# And the driver's result channels (collect, toLocalIterator, accumulators) use a Unix socket, not a
+# loopback TCP port that closes after its first connection, whoever makes it: twice in CI a collect
+# found its port refused or its handshake garbled.
 LOCAL_CONFS: dict[str, str] = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
     "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.python.unix.domain.socket.enabled": "true",
 }
 
 
