@@ -222,20 +222,29 @@ def _record(spark: SparkSession, root: str, run: Run, failure: BaseException | N
 def previous_outcome(spark: SparkSession, root: str, step: str, path: str, inputs: dict[str, Any]
                      ) -> dict[str, Any] | None:
     """The outcome the last run of ``step`` recorded if it was computed from exactly ``inputs``
-    and its output table (at ``path``) is still at the version that run left; else None.
+    and no data reached its output table (at ``path``) since the version that run left; else None.
 
     Read from the output table's latest commit (the run wrote it) or, when that run wrote nothing
     (its result equalled what the table held), from the last ``ops.job_runs`` commit: two log
     files, no Spark job."""
-    from jobs.runtime.tables import current_version, last_commit_metadata
+    from jobs.runtime.tables import last_commit_metadata
 
     own = last_commit_metadata(spark, path)
     if own.get("inputs") == inputs:
         return own
     recorded = recorded_outcomes(spark, root).get(step)
-    if recorded and recorded.get("inputs") == inputs and recorded.get("version") == current_version(spark, path):
+    if recorded and recorded.get("inputs") == inputs and unchanged_since(spark, path, recorded):
         return recorded
     return None
+
+
+def unchanged_since(spark: SparkSession, path: str, outcome: dict[str, Any] | None) -> bool:
+    """Whether no data reached the table at ``path`` after the version ``outcome`` recorded (a
+    compaction since, which changes no data, does not count)."""
+    from jobs.runtime.tables import data_version
+
+    return bool(outcome) and outcome.get("version") is not None and data_version(spark, path) <= int(
+        outcome["version"])
 
 
 @contextmanager

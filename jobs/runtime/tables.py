@@ -398,7 +398,7 @@ def overwrite(df: DataFrame, root: str, key: str, *, metadata: Mapping[str, obje
 
 
 @contextmanager
-def _session_confs(spark: SparkSession, confs: Mapping[str, str]) -> Iterator[None]:
+def temporary_confs(spark: SparkSession, confs: Mapping[str, str]) -> Iterator[None]:
     previous = {k: spark.conf.get(k, None) for k in confs}
     for name, value in confs.items():
         spark.conf.set(name, value)
@@ -425,7 +425,7 @@ def merge(spark: SparkSession, root: str, key: str, build: Callable[[DeltaTable]
     if metadata is not None:
         confs["spark.databricks.delta.commitInfo.userMetadata"] = _metadata(metadata)
     before = current_version(spark, path)
-    with _session_confs(spark, confs):
+    with temporary_confs(spark, confs):
         result = build(DeltaTable.forPath(spark, path)).execute().collect()  # one row of metrics
     if current_version(spark, path) == before or not result:
         return {"num_inserted_rows": 0, "num_updated_rows": 0, "num_deleted_rows": 0}
@@ -454,22 +454,41 @@ def read_or_empty(spark: SparkSession, root: str, key: str) -> DataFrame:
     return spark.createDataFrame([], spec(key).schema)
 
 
-def last_commit_metadata(spark: SparkSession, path: str) -> dict[str, Any]:
-    """The ``userMetadata`` (as JSON) of the table's latest commit, read from its log file."""
+def _commit_info(spark: SparkSession, path: str, version: int) -> dict[str, Any]:
     from jobs.runtime import fs
 
-    version = current_version(spark, path)
-    if version < 0:
-        return {}
     for line in fs.read_text(spark, f"{path.rstrip('/')}/_delta_log/{version:020d}.json").splitlines():
         action = json.loads(line)
         if "commitInfo" in action:
-            text = action["commitInfo"].get("userMetadata")
-            try:
-                return json.loads(text) if text else {}
-            except ValueError:
-                return {}
+            return dict(action["commitInfo"])
     return {}
+
+
+def last_data_commit(spark: SparkSession, path: str) -> tuple[int, dict[str, Any]]:
+    """The table's latest version that is not a compaction (OPTIMIZE, which changes no data: a
+    stream's auto compaction or ``lakehouse maintain``) and its ``commitInfo``, read from the log
+    files; ``(-1, {})`` when there is no table."""
+    version = current_version(spark, path)
+    while version >= 0:
+        info = _commit_info(spark, path, version)
+        if info.get("operation") != "OPTIMIZE":
+            return version, info
+        version -= 1
+    return -1, {}
+
+
+def data_version(spark: SparkSession, path: str) -> int:
+    """The version of the table's last data change (:func:`last_data_commit`); -1 when there is no table."""
+    return last_data_commit(spark, path)[0]
+
+
+def last_commit_metadata(spark: SparkSession, path: str) -> dict[str, Any]:
+    """The ``userMetadata`` (as JSON) of the table's latest commit that is not a compaction."""
+    text = last_data_commit(spark, path)[1].get("userMetadata")
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
 
 
 def latest_version(spark: SparkSession, path: str) -> int:

@@ -52,6 +52,7 @@ from jobs.runtime.tables import (
     REGISTRY,
     append,
     current_version,
+    data_version,
     dates_in,
     ensure_table,
     holds_rows,
@@ -313,7 +314,7 @@ def cleanse_events(spark: SparkSession, settings: Settings, stage: StageResult) 
     bots = load_bot_rules(rules)
     expectations = _expectations_for(spark, rules, EVENTS)
     tally = Tally()
-    bronze = current_version(spark, table_path(root, "bronze.events"))
+    bronze = data_version(spark, table_path(root, "bronze.events"))  # a compaction is no new input
     if bronze >= 0 and not caught_up(spark, root, "cleanse/events", bronze):
         for key in (EVENTS, REJECTED, IDENTITY, DAILY):
             ensure_table(spark, root, key)
@@ -498,7 +499,7 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
     locations = load_locations(rules)
     expectations = _expectations_for(spark, rules, CUSTOMERS)
     tally = Tally()
-    bronze = current_version(spark, table_path(root, "bronze.crm"))
+    bronze = data_version(spark, table_path(root, "bronze.crm"))
     if bronze < 0 or caught_up(spark, root, "cleanse/customers", bronze):
         _record(stage, "customers", CUSTOMERS, tally, CUSTOMER_REASON_CODES, expectations)
         return tally
@@ -592,7 +593,7 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
     time: a product seen only in events waits a few minutes for its card, the tick does not."""
     root = settings.lakehouse.root
     tally = Tally()
-    catalog = current_version(spark, table_path(root, "bronze.catalog"))
+    catalog = data_version(spark, table_path(root, "bronze.catalog"))
     if catalog >= 0 and not caught_up(spark, root, "cleanse/products", catalog):
         for key in (PRODUCTS, REJECTED_PRODUCTS):
             ensure_table(spark, root, key)
@@ -627,7 +628,7 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
 
         process_new(root, "cleanse/products", _bronze_stream(spark, root, "bronze.catalog"), handle)
     _record(stage, "products", PRODUCTS, tally, PRODUCT_REASON_CODES, ())
-    events = current_version(spark, table_path(root, EVENTS))
+    events = data_version(spark, table_path(root, EVENTS))
     every = timedelta(minutes=settings.cleanse.complete_products_minutes)
     if at is not None and events >= 0 and ran_lately(spark, root, "products_from_events", at, every):
         stage.details["products_from_events"] = "kept (cleanse.complete_products_minutes)"

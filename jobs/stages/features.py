@@ -17,7 +17,14 @@ from pyspark.sql import functions as F
 
 from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
 from jobs.runtime.settings import Settings
-from jobs.runtime.tables import current_version, last_commit_metadata, overwrite, read_or_empty, table_path
+from jobs.runtime.tables import (
+    current_version,
+    data_version,
+    last_commit_metadata,
+    overwrite,
+    read_or_empty,
+    table_path,
+)
 from transforms.bronze import conform_to
 from transforms.gold_features import CUSTOMER_FEATURES_SCHEMA, FEATURE_COLUMNS
 from transforms.gold_state import STATE_EVENT_COLUMNS, boundary_dates, daily_aggregates, features_from_state
@@ -61,7 +68,7 @@ def _inputs(spark: SparkSession, settings: Settings, as_of: datetime) -> dict[st
     """What the features as of ``as_of`` are a function of: the versions of the tables they are
     computed from (read from their logs), the time and the abandonment window."""
     root = settings.lakehouse.root
-    versions = {key: current_version(spark, table_path(root, key))
+    versions = {key: data_version(spark, table_path(root, key))  # a compaction since changes nothing
                 for key in ("gold.customer_daily", "silver.events", "silver.customers")}
     return {**versions, "as_of": as_of.isoformat(), "window": settings.gold.abandonment_window_minutes}
 

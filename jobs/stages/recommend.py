@@ -19,9 +19,16 @@ from datetime import datetime, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.runtime.runlog import StageResult, previous_outcome, recorded_outcomes, run_stage
+from jobs.runtime.runlog import StageResult, previous_outcome, recorded_outcomes, run_stage, unchanged_since
 from jobs.runtime.settings import Settings
-from jobs.runtime.tables import current_version, last_commit_metadata, overwrite, read_or_empty, table_path
+from jobs.runtime.tables import (
+    current_version,
+    data_version,
+    last_commit_metadata,
+    overwrite,
+    read_or_empty,
+    table_path,
+)
 from jobs.stages.features import FEATURES, as_utc, digest
 from transforms.recommendations import RecsConfig, hit_rate_and_mrr, next_products, recommend
 
@@ -53,14 +60,14 @@ def _config(settings: Settings) -> dict[str, object]:
 
 def _builds(spark: SparkSession, settings: Settings) -> list[tuple[datetime, dict[str, object]]]:
     """What the table holds, by the outcomes that describe it: its last commit's, and the run
-    log's when the table is still at the version that run left (a build that wrote nothing).
+    log's when no data reached the table since the version that run left (a build that wrote nothing).
     Only builds with today's settings; read from commit metadata, no Spark job."""
     root = settings.lakehouse.root
     path = table_path(root, RECOMMENDATIONS)
     recorded = recorded_outcomes(spark, root).get("recommend") or {}
     own = last_commit_metadata(spark, path)
     found = []
-    for built in (own, recorded if recorded.get("version") == current_version(spark, path) else {}):
+    for built in (own, recorded if unchanged_since(spark, path, recorded) else {}):
         inputs = built.get("inputs")
         if built.get("as_of") and isinstance(inputs, dict) and inputs.get("config") == _config(settings):
             found.append((as_utc(datetime.fromisoformat(str(built["as_of"]))), built))
@@ -101,7 +108,7 @@ def recommend_stage(spark: SparkSession, settings: Settings, as_of: datetime, st
             stage.as_of = as_utc(datetime.fromisoformat(str(recent["as_of"])))
             stage.details["kept"] = f"recommendations as of {recent['as_of']} kept (recommendations.refresh_minutes)"
             return
-    inputs = {**{key: current_version(spark, table_path(root, key)) for key in ("silver.events", FEATURES, PRODUCTS)},
+    inputs = {**{key: data_version(spark, table_path(root, key)) for key in ("silver.events", FEATURES, PRODUCTS)},
               "as_of": as_of.isoformat(), "config": _config(settings)}
     previous = previous_outcome(spark, root, "recommend", path, inputs)
     if previous is not None:

@@ -12,6 +12,13 @@ at once by the next. A tick that commits nothing records nothing in ``ops.job_ru
 SIGINT (Ctrl-C) or SIGTERM stop the loop after the current tick: nothing is left half done (a
 second signal stops at once; the streams' checkpoints and the idempotent writes make even that
 safe to resume). A failing tick stops the stream with its error, as ``run`` would.
+
+A tick appends a small file to each partition it writes, so a day of ticks would leave thousands in
+today's partitions, which every tick reads again. The stream turns on Delta's auto compaction
+(unless ``spark.conf`` sets it): after an append leaves enough small files in a partition (50 by
+default, ``spark.databricks.delta.autoCompact.minNumFiles``), Delta rewrites them in a commit of
+its own that changes no data. The streams, the change feed and the skip checks of the stages
+(which read the last commit that is not a compaction) pass over it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pyspark.sql import SparkSession
 
 from jobs.runtime.runlog import StageResult
 from jobs.runtime.settings import Settings
+from jobs.runtime.tables import temporary_confs
 from jobs.stages.pipeline import run_pipeline
 
 
@@ -77,11 +85,22 @@ def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
+# A stream's own defaults (the config's spark.conf wins): see the module's doc.
+STREAM_CONFS = {"spark.databricks.delta.autoCompact.enabled": "true"}
+
+
 def stream(spark: SparkSession, settings: Settings, trigger_seconds: float, sync_to: tuple[str, ...] = (),
            allow_large_change: bool = False, stop: threading.Event | None = None, max_ticks: int | None = None,
            on_tick: Callable[[Tick], None] | None = None) -> int:
     """Run ticks until ``stop`` is set (or ``max_ticks`` ran); returns the number of ticks."""
     stop = stop or threading.Event()
+    with temporary_confs(spark, {k: v for k, v in STREAM_CONFS.items() if k not in settings.spark.conf}):
+        return _ticks(spark, settings, trigger_seconds, sync_to, allow_large_change, stop, max_ticks, on_tick)
+
+
+def _ticks(spark: SparkSession, settings: Settings, trigger_seconds: float, sync_to: tuple[str, ...],
+           allow_large_change: bool, stop: threading.Event, max_ticks: int | None,
+           on_tick: Callable[[Tick], None] | None) -> int:
     ticks = 0
     while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
         started = time.monotonic()

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from jobs.runtime.tables import current_version, read_table, table_path
+from jobs.runtime.tables import current_version, read_table, table_path, temporary_confs
 from jobs.stages.stream import Tick, stop_on_signals, stream
 
 WINDOW_SECONDS = 12
@@ -70,7 +71,8 @@ def test_a_cart_becomes_abandoned_by_time_alone_and_a_signal_stops_after_its_tic
                                        "properties": {"price": 20, "order_id": "o1"}}])
     products = current_version(spark, table_path(settings.lakehouse.root, "silver.products"))
     restarted: list[Tick] = []
-    assert stream(spark, settings, trigger_seconds=0.1, max_ticks=1, on_tick=restarted.append) == 1  # it continues
+    with temporary_confs(spark, {"spark.databricks.delta.autoCompact.minNumFiles": "2"}):  # compact at 2 files
+        assert stream(spark, settings, trigger_seconds=0.1, max_ticks=2, on_tick=restarted.append) == 2  # continues
     assert _abandoned(spark, settings) == set()
     # Products seen in events were completed in tick 1: the next time is cleanse.complete_products_minutes later.
     [cleansed] = [stage for stage in restarted[0].stages if stage.stage == "cleanse"]
@@ -78,6 +80,12 @@ def test_a_cart_becomes_abandoned_by_time_alone_and_a_signal_stops_after_its_tic
     assert current_version(spark, table_path(settings.lakehouse.root, "silver.products")) == products
     bronze = read_table(spark, settings.lakehouse.root, "bronze.events")
     assert sorted(r["event_id"] for r in bronze.collect()) == ["a1", "b1"]  # each file once, across restarts
+    # The stream compacted today's two small silver files (a1's, b1's) in a commit of its own ...
+    silver = DeltaTable.forPath(spark, table_path(settings.lakehouse.root, "silver.events"))
+    compactions = silver.history().where("operation = 'OPTIMIZE' AND operationParameters.auto = 'true'")
+    assert compactions.count() >= 1 and len(silver.toDF().inputFiles()) == 1
+    print([(s.stage, round(s.seconds, 2), dict(s.commits)) for s in restarted[1].stages])
+    assert restarted[1].commits == 0  # ... which is no new input: the next tick finds nothing to do
 
 
 def test_the_first_signal_asks_to_stop_and_the_second_interrupts():
