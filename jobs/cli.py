@@ -493,12 +493,13 @@ def segments_history(runtime: Runtime, segment_id: str, output: str) -> None:
     from jobs.runtime.report import format_table
     from jobs.stages.segment import history
 
-    columns = ["delta_version", "as_of", "size", "entered", "exited", "run_id"]
-    rows = [[r[c] for c in columns] for r in history(runtime.spark, runtime.settings.lakehouse.root, segment_id)]
+    fields = ("delta_version", "as_of", "size", "entered", "exited", "run_id")
+    headers = ["version", *fields[1:]]
+    rows = [[r[f] for f in fields] for r in history(runtime.spark, runtime.settings.lakehouse.root, segment_id)]
     if output == "json":
-        _echo_json([dict(zip(["version", *columns[1:]], row, strict=True)) for row in rows])
+        _echo_json([dict(zip(headers, row, strict=True)) for row in rows])
         return
-    click.echo(format_table(["version", *columns[1:]], rows))
+    click.echo(format_table(headers, rows))
 
 
 @cli.group(cls=LakehouseGroup)

@@ -227,24 +227,21 @@ def previous_outcome(spark: SparkSession, root: str, step: str, path: str, input
     Read from the output table's latest commit (the run wrote it) or, when that run wrote nothing
     (its result equalled what the table held), from the last ``ops.job_runs`` commit: two log
     files, no Spark job."""
-    from jobs.runtime.tables import last_commit_metadata
+    from jobs.runtime.tables import last_data_commit
 
-    own = last_commit_metadata(spark, path)
+    version, own = last_data_commit(spark, path)
     if own.get("inputs") == inputs:
         return own
     recorded = recorded_outcomes(spark, root).get(step)
-    if recorded and recorded.get("inputs") == inputs and unchanged_since(spark, path, recorded):
+    if recorded and recorded.get("inputs") == inputs and still_describes(recorded, version):
         return recorded
     return None
 
 
-def unchanged_since(spark: SparkSession, path: str, outcome: dict[str, Any] | None) -> bool:
-    """Whether no data reached the table at ``path`` after the version ``outcome`` recorded (a
-    compaction since, which changes no data, does not count)."""
-    from jobs.runtime.tables import data_version
-
-    return bool(outcome) and outcome.get("version") is not None and data_version(spark, path) <= int(
-        outcome["version"])
+def still_describes(outcome: dict[str, Any] | None, data_version: int) -> bool:
+    """Whether ``outcome`` (with the output table's ``version`` it left) still describes a table
+    whose last data change is ``data_version`` (a compaction since changes no data)."""
+    return bool(outcome) and outcome.get("version") is not None and data_version <= int(outcome["version"])
 
 
 @contextmanager

@@ -466,13 +466,17 @@ def _commit_info(spark: SparkSession, path: str, version: int) -> dict[str, Any]
 
 def last_data_commit(spark: SparkSession, path: str) -> tuple[int, dict[str, Any]]:
     """The table's latest version that is not a compaction (OPTIMIZE, which changes no data: a
-    stream's auto compaction or ``lakehouse maintain``) and its ``commitInfo``, read from the log
-    files; ``(-1, {})`` when there is no table."""
+    stream's auto compaction or ``lakehouse maintain``) and its ``userMetadata`` (as JSON), read
+    from the log files; ``(-1, {})`` when there is no table."""
     version = current_version(spark, path)
     while version >= 0:
         info = _commit_info(spark, path, version)
         if info.get("operation") != "OPTIMIZE":
-            return version, info
+            text = info.get("userMetadata")
+            try:
+                return version, (json.loads(text) if text else {})
+            except ValueError:
+                return version, {}
         version -= 1
     return -1, {}
 
@@ -484,11 +488,7 @@ def data_version(spark: SparkSession, path: str) -> int:
 
 def last_commit_metadata(spark: SparkSession, path: str) -> dict[str, Any]:
     """The ``userMetadata`` (as JSON) of the table's latest commit that is not a compaction."""
-    text = last_data_commit(spark, path)[1].get("userMetadata")
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return {}
+    return last_data_commit(spark, path)[1]
 
 
 def latest_version(spark: SparkSession, path: str) -> int:

@@ -19,12 +19,13 @@ from datetime import datetime, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.runtime.runlog import StageResult, previous_outcome, recorded_outcomes, run_stage, unchanged_since
+from jobs.runtime.runlog import StageResult, previous_outcome, recorded_outcomes, run_stage, still_describes
 from jobs.runtime.settings import Settings
 from jobs.runtime.tables import (
     current_version,
     data_version,
     last_commit_metadata,
+    last_data_commit,
     overwrite,
     read_or_empty,
     table_path,
@@ -65,9 +66,9 @@ def _builds(spark: SparkSession, settings: Settings) -> list[tuple[datetime, dic
     root = settings.lakehouse.root
     path = table_path(root, RECOMMENDATIONS)
     recorded = recorded_outcomes(spark, root).get("recommend") or {}
-    own = last_commit_metadata(spark, path)
+    version, own = last_data_commit(spark, path)
     found = []
-    for built in (own, recorded if unchanged_since(spark, path, recorded) else {}):
+    for built in (own, recorded if still_describes(recorded, version) else {}):
         inputs = built.get("inputs")
         if built.get("as_of") and isinstance(inputs, dict) and inputs.get("config") == _config(settings):
             found.append((as_utc(datetime.fromisoformat(str(built["as_of"]))), built))

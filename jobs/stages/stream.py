@@ -94,22 +94,16 @@ def stream(spark: SparkSession, settings: Settings, trigger_seconds: float, sync
            on_tick: Callable[[Tick], None] | None = None) -> int:
     """Run ticks until ``stop`` is set (or ``max_ticks`` ran); returns the number of ticks."""
     stop = stop or threading.Event()
-    with temporary_confs(spark, {k: v for k, v in STREAM_CONFS.items() if k not in settings.spark.conf}):
-        return _ticks(spark, settings, trigger_seconds, sync_to, allow_large_change, stop, max_ticks, on_tick)
-
-
-def _ticks(spark: SparkSession, settings: Settings, trigger_seconds: float, sync_to: tuple[str, ...],
-           allow_large_change: bool, stop: threading.Event, max_ticks: int | None,
-           on_tick: Callable[[Tick], None] | None) -> int:
     ticks = 0
-    while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
-        started = time.monotonic()
-        as_of = datetime.now(UTC)
-        stages = run_pipeline(spark, settings, as_of, sync_to, allow_large_change, job="stream")
-        ticks += 1
-        if on_tick is not None:
-            on_tick(Tick(ticks, as_of, time.monotonic() - started, stages))
-        if max_ticks is not None and ticks >= max_ticks:
-            break
-        stop.wait(max(0.0, trigger_seconds - (time.monotonic() - started)))
+    with temporary_confs(spark, {k: v for k, v in STREAM_CONFS.items() if k not in settings.spark.conf}):
+        while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
+            started = time.monotonic()
+            as_of = datetime.now(UTC)
+            stages = run_pipeline(spark, settings, as_of, sync_to, allow_large_change, job="stream")
+            ticks += 1
+            if on_tick is not None:
+                on_tick(Tick(ticks, as_of, time.monotonic() - started, stages))
+            if max_ticks is not None and ticks >= max_ticks:
+                break
+            stop.wait(max(0.0, trigger_seconds - (time.monotonic() - started)))
     return ticks

@@ -110,7 +110,8 @@ def register(spark: SparkSession, root: str, catalog: str | None = None, keys: I
         if not spark.catalog.databaseExists(f"{catalog}.{layer}" if catalog else layer):
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}`{layer}`")
     done = []
-    chosen = REGISTRY.keys() if keys is None else [k for k in REGISTRY if k in set(keys)]
+    wanted = set(REGISTRY if keys is None else keys)
+    chosen = [k for k in REGISTRY if k in wanted]
     for key in chosen:
         spec = REGISTRY[key]
         path = table_path(root, key)
