@@ -87,6 +87,7 @@ class Runtime:
     def __init__(self, env: str | None, conf_path: str | None, overrides: tuple[str, ...],
                  wait: float | None = None):
         self.env, self.conf_path, self.overrides, self.wait = env, conf_path, overrides, wait
+        self.hive = False  # the lakehouse's own Hive metastore backs the session catalog (see get_spark)
 
     @cached_property
     def settings(self) -> Settings:
@@ -102,7 +103,7 @@ class Runtime:
     def spark(self) -> SparkSession:
         from jobs.runtime.spark import get_spark
 
-        return get_spark(self.settings.spark, s3a=self.s3a)
+        return get_spark(self.settings.spark, s3a=self.s3a, root=self.settings.lakehouse.root, hive=self.hive)
 
     @property
     def s3a(self) -> bool:
@@ -807,6 +808,7 @@ def catalog_register(runtime: Runtime, catalog_name: str | None) -> None:
     from jobs.runtime.report import format_table
     from jobs.tools.catalog import register
 
+    runtime.hive = catalog_name is None  # names outlive the command: the lakehouse's metastore
     done = register(runtime.spark, runtime.settings.lakehouse.root, catalog_name)
     click.echo(format_table(["table", "location"], [list(d) for d in done]))
 

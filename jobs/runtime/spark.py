@@ -12,11 +12,13 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
+import pyspark
 from pyspark.sql import SparkSession
 
 from jobs.runtime.jars import spark_jars
-from jobs.runtime.settings import SparkConfValue, SparkSettings, conf_dir
+from jobs.runtime.settings import SparkConfValue, SparkSettings, conf_dir, is_uri
 
 DELTA_CONFS: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -93,10 +95,65 @@ LOCAL_CONFS: dict[str, str] = {
 }
 
 
-def session_confs(settings: SparkSettings, s3a: bool = False) -> dict[str, str]:
+def metastore_dir(root: str) -> Path | None:
+    """Where a lakehouse on the local file system keeps its own embedded Hive metastore (Derby):
+    ``{root}/_catalog/metastore_db``; None for a root on object storage, whose cluster configures
+    its catalog."""
+    if root.startswith("file:"):
+        root = re.sub(r"^file:(//)?", "", root)
+    elif is_uri(root):
+        return None
+    return Path(root) / "_catalog"
+
+
+def _hive_available() -> bool:
+    """Whether this Spark has Hive support (the pip package does; a custom build may not)."""
+    homes = [Path(os.environ["SPARK_HOME"])] if os.environ.get("SPARK_HOME") else []
+    homes.append(Path(pyspark.__file__).parent)
+    return any(next((home / "jars").glob("spark-hive_*.jar"), None) for home in homes)
+
+
+def _hive_site() -> Path | None:
+    """A ``hive-site.xml`` where Spark looks for one: the metastore it configures is the user's."""
+    folders = [os.environ.get(v) for v in ("SPARK_CONF_DIR", "HIVE_CONF_DIR", "HADOOP_CONF_DIR")]
+    if os.environ.get("SPARK_HOME"):
+        folders.append(str(Path(os.environ["SPARK_HOME"]) / "conf"))
+    return next((Path(f) / "hive-site.xml" for f in folders if f and (Path(f) / "hive-site.xml").is_file()), None)
+
+
+def metastore_confs(root: str, hive: bool) -> dict[str, str]:
+    """Where a session's Hive metastore lives when it has one: an embedded Derby database with the
+    lakehouse, so every process that opens the same root (CLI, notebook, ``spark-sql``) sees the
+    same names; ``hive``: back the session catalog with it. Derby admits one process at a time, so
+    only the sessions that look names up ask for it (``lakehouse catalog register``, notebooks):
+    jobs read, write and create tables by path, and a name lookup or path DDL in a Hive session
+    would open it. A lock held by another process fails at once, without retries (waiting cannot
+    free it). A ``hive-site.xml`` of the user's keeps its own metastore."""
+    folder = metastore_dir(root)
+    if folder is None or not _hive_available():
+        return {}
+    enabled = {"spark.sql.catalogImplementation": "hive"} if hive else {}
+    if _hive_site() is not None:
+        return enabled
+    return {
+        **enabled,
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={folder / 'metastore_db'};create=true",
+        "spark.sql.warehouse.dir": str(folder / "warehouse"),
+        "spark.hadoop.hive.hmshandler.retry.attempts": "1",
+        "spark.hadoop.hive.metastore.connect.retries": "1",
+    }
+
+
+def session_confs(settings: SparkSettings, s3a: bool = False, root: str | None = None, hive: bool = False
+                  ) -> dict[str, str]:
     """Every conf the builder gets: Delta, base, local mode's, the profile's, then the user's (which
-    win); ``s3a``: a root is on ``s3a://``, so the S3A connector's jars join Delta's."""
+    win); ``s3a``: a root is on ``s3a://``, so the S3A connector's jars join Delta's; ``root``, ``hive``:
+    see :func:`metastore_confs` (not under spark-submit, where the cluster's catalog rules, nor in
+    the test profile)."""
     confs = {**DELTA_CONFS, **BASE_CONFS, "spark.ui.enabled": _text(settings.ui)}
+    if root and settings.profile != "test" and not launched_by_spark_submit():
+        confs.update(metastore_confs(root, hive))
     if (settings.master or "").startswith("local"):
         confs.update(LOCAL_CONFS)
         if not os.environ.get("PYSPARK_PYTHON"):  # Python workers run this interpreter, not PATH's python3
@@ -130,21 +187,27 @@ def _local_java_options(confs: dict[str, str]) -> None:
             f"{LOCAL_JAVA_OPTIONS} -Dlog4j.configurationFile={log_conf.resolve().as_uri()}")
 
 
-def get_spark(settings: SparkSettings, extra_confs: Mapping[str, str] | None = None, s3a: bool = False
-              ) -> SparkSession:
-    """The active session if there is one, else a new one built from the settings (``s3a``: see
-    :func:`session_confs`)."""
+def get_spark(settings: SparkSettings, extra_confs: Mapping[str, str] | None = None, s3a: bool = False,
+              root: str | None = None, hive: bool = False) -> SparkSession:
+    """The active session if there is one, else a new one built from the settings (``s3a``,
+    ``root``, ``hive``: see :func:`session_confs`)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     builder = SparkSession.builder.appName(settings.app_name)
     if settings.master and not launched_by_spark_submit():
         builder = builder.master(settings.master)
-    confs = {**session_confs(settings, s3a), **(extra_confs or {})}
+    confs = {**session_confs(settings, s3a, root, hive), **(extra_confs or {})}
     if not launched_by_spark_submit():
         _local_java_options(confs)
     for key, value in confs.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.log_level)
+    if confs.get("spark.sql.catalogImplementation") == "hive" and root and (folder := metastore_dir(root)):
+        # Derby's own log beside its database, not derby.log in whatever folder the command ran from.
+        system = spark.sparkContext._jvm.java.lang.System
+        if system.getProperty("derby.stream.error.file") is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            system.setProperty("derby.stream.error.file", str(folder / "derby.log"))
     return spark

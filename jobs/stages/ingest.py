@@ -21,6 +21,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -306,7 +307,7 @@ def landed_files(spark: SparkSession, settings: Settings, source: SourceSettings
     version_of: dict[int, int] = {}
     path = table_path(settings.lakehouse.root, key)
     if current_version(spark, path) >= 0:
-        history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").where(F.col("userMetadata").isNotNull())
+        history = DeltaTable.forPath(spark, path).history().where(F.col("userMetadata").isNotNull())
         for row in history.select("version", "userMetadata").collect():  # one row per commit
             meta = json.loads(row["userMetadata"])
             if meta.get("source") == source.name and "batch_id" in meta:

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs.runtime import fs, tables
+from jobs.runtime.errors import InputError
 from jobs.runtime.runlog import JOB_RUNS
 from jobs.runtime.tables import REGISTRY, VIEWS, is_delta_table, read_table, table_path
 
@@ -72,7 +75,7 @@ def table_statuses(spark: SparkSession, root: str) -> list[TableStatus]:
         if "_corrupt_record" in df.columns:
             counts.append(F.count("_corrupt_record").alias("corrupt"))
         row = df.agg(*counts).first()
-        history = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()
+        history = DeltaTable.forPath(spark, path).history(1).first()
         run_id, job, status = runs.get(key, (None, None, None))
         statuses.append(TableStatus(
             key, path, exists=True, version=int(history["version"]), rows=int(row["rows"]),
@@ -103,8 +106,20 @@ def register(spark: SparkSession, root: str, catalog: str | None = None, keys: I
     current as jobs write, and the lakehouse remembers the catalog (``_catalog/registered.json``)
     so that a command creating a table registers it too (:func:`keep_registered`). Returns
     ``(name, path)`` of every table registered or already in place."""
-    from jobs.runtime.errors import InputError
+    try:
+        return _register(spark, root, catalog, keys)
+    except AnalysisException as exc:
+        if "Another instance of Derby" not in f"{exc} {getattr(exc, '_stackTrace', '')}":  # the JVM's causes
+            raise
+        url = spark.conf.get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
+        where = url.split("databaseName=")[-1].split(";")[0] or "metastore_db"
+        raise InputError(f"the Hive metastore {where} is open in another process (an embedded Derby "
+                         "metastore admits one at a time: a notebook or spark-sql that looked a name up); "
+                         "close it and run again, or configure a shared metastore or catalog") from None
 
+
+def _register(spark: SparkSession, root: str, catalog: str | None, keys: Iterable[str] | None
+              ) -> list[tuple[str, str]]:
     prefix = f"`{catalog}`." if catalog else ""
     for layer in sorted({spec.layer for spec in REGISTRY.values()}):
         if not spark.catalog.databaseExists(f"{catalog}.{layer}" if catalog else layer):

@@ -33,7 +33,7 @@ class TableCare:
 
 
 def _files(spark: SparkSession, path: str) -> int:
-    return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["numFiles"])
+    return int(DeltaTable.forPath(spark, path).detail().first()["numFiles"])
 
 
 def maintain(spark: SparkSession, settings: Settings, table: str | None = None) -> list[TableCare]:

@@ -44,7 +44,8 @@ def open_lakehouse(root: str | None = None) -> Lakehouse:
     with chdir(PROJECT_ROOT):
         settings = load_settings(os.environ.get("LAKEHOUSE_ENV"), os.environ.get("LAKEHOUSE_CONF") or None,
                                  overrides)
-    return Lakehouse(settings, get_spark(settings.spark, s3a=needs_s3a(settings.lakehouse.root)))
+    root = settings.lakehouse.root
+    return Lakehouse(settings, get_spark(settings.spark, s3a=needs_s3a(root), root=root, hive=True))
 
 
 def rejections_by_reason(lakehouse: Lakehouse) -> pd.DataFrame:

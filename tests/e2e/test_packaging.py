@@ -102,3 +102,19 @@ def test_the_wheel_in_a_fresh_environment_validates_its_rules_and_runs_the_demo_
     assert flows["lakehouse/gold/segment_membership"] >= {"lakehouse/gold/customer_features"}
     assert flows["lakehouse/gold/product_recommendations"] >= {"lakehouse/silver/events", "lakehouse/silver/products"}
     assert {"lakehouse/bronze/events", "lakehouse/silver/events", "lakehouse/ops/job_runs"} <= set(flows)
+
+    # Names that outlive the command: the lakehouse's own Hive metastore, which the run never opened.
+    catalog = elsewhere / "lakehouse" / "_catalog"
+    assert not (catalog / "metastore_db").exists()
+    registered = lakehouse("--set", f"lakehouse.root={elsewhere / 'lakehouse'}", "catalog", "register")
+    assert registered.returncode == 0, registered.stderr
+    assert "silver.events" in registered.stdout and (catalog / "metastore_db").is_dir()
+    assert not any((elsewhere / name).exists() for name in ("metastore_db", "derby.log", "spark-warehouse"))
+    query = ("from jobs.tools.notebook import open_lakehouse; lh = open_lakehouse(%r); "
+             "print(lh.spark.sql('SELECT count(*) FROM silver.events').first()[0], lh.table('silver.events').count())")
+    by_name = subprocess.run([str(venv / "bin" / "python"), "-c", query % str(elsewhere / "lakehouse")], cwd=tmp_path,
+                             env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home())},
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert by_name.returncode == 0, by_name.stderr
+    named, by_path = by_name.stdout.split()
+    assert named == by_path and int(named) > 0  # another process, the same names

@@ -135,3 +135,34 @@ def test_local_python_workers_run_the_interpreter_the_command_runs(monkeypatch):
     cluster = local.model_copy(update={"master": "spark://head:7077"})
     monkeypatch.delenv("PYSPARK_PYTHON")
     assert "spark.pyspark.python" not in session_confs(cluster)
+
+
+def test_sessions_that_look_names_up_get_the_lakehouses_own_hive_metastore(monkeypatch, tmp_path):
+    from jobs.runtime.spark import session_confs
+
+    for variable in ("PYSPARK_GATEWAY_PORT", "SPARK_CONF_DIR", "HIVE_CONF_DIR", "HADOOP_CONF_DIR", "SPARK_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    local = load_settings("local").spark
+    root = str(tmp_path / "lakehouse")
+    reader = session_confs(local, root=root, hive=True)
+    assert reader["spark.sql.catalogImplementation"] == "hive"
+    assert reader["spark.hadoop.javax.jdo.option.ConnectionURL"] == (
+        f"jdbc:derby:;databaseName={tmp_path}/lakehouse/_catalog/metastore_db;create=true")
+    assert reader["spark.sql.warehouse.dir"] == f"{tmp_path}/lakehouse/_catalog/warehouse"
+    assert session_confs(local, root=f"file:{root}", hive=True)["spark.sql.warehouse.dir"] == reader["spark.sql.warehouse.dir"]
+    # Jobs write by path and never open the metastore: their catalog stays in memory.
+    assert "spark.sql.catalogImplementation" not in session_confs(local, root=root)
+    # The user's conf wins; an object-storage root, the test profile and spark-submit leave the catalog alone.
+    mine = local.model_copy(update={"conf": {**local.conf, "spark.sql.catalogImplementation": "in-memory"}})
+    assert session_confs(mine, root=root, hive=True)["spark.sql.catalogImplementation"] == "in-memory"
+    assert "spark.sql.catalogImplementation" not in session_confs(local, root="s3a://bucket/lakehouse", hive=True)
+    test = local.model_copy(update={"profile": "test"})
+    assert "spark.sql.catalogImplementation" not in session_confs(test, root=root, hive=True)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "hive-site.xml").write_text("<configuration/>")  # a metastore of the user's own
+    monkeypatch.setenv("HIVE_CONF_DIR", str(tmp_path / "conf"))
+    theirs = session_confs(local, root=root, hive=True)
+    assert theirs["spark.sql.catalogImplementation"] == "hive" and "spark.hadoop.javax.jdo.option.ConnectionURL" not in theirs
+    monkeypatch.delenv("HIVE_CONF_DIR")
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+    assert "spark.sql.catalogImplementation" not in session_confs(local, root=root, hive=True)
