@@ -27,7 +27,7 @@ from typing import Any
 
 from jobs.runtime import fs
 from jobs.runtime.errors import LakehouseError
-from jobs.runtime.settings import LeaseSettings
+from jobs.runtime.settings import LeaseSettings, local_path
 
 POLL_SECONDS = 0.5
 
@@ -63,7 +63,7 @@ def lease_path(root: str) -> str:
 # -- storage: create-if-absent, read, overwrite, delete -----------------------------------------
 class _Local:
     def __init__(self, path: str):
-        self.path = path.removeprefix("file://").removeprefix("file:")
+        self.path = local_path(path) or path  # _store picks this store for local paths only
 
     def create(self, text: str) -> bool:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)

@@ -37,6 +37,13 @@ def is_uri(path: str) -> bool:
     return "://" in path or path.startswith(("s3a:", "s3:", "hdfs:", "file:"))
 
 
+def local_path(path: str) -> str | None:
+    """The file-system path of a local path or a ``file:`` URI; None for any other URI."""
+    if path.startswith("file:"):
+        return path.removeprefix("file://").removeprefix("file:")
+    return None if is_uri(path) else path
+
+
 def _absolute(path: str) -> str:
     """Local paths become absolute (relative to the working directory); URIs stay as they are."""
     return path if is_uri(path) else str(Path(path).expanduser().resolve())

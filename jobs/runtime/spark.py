@@ -18,7 +18,7 @@ import pyspark
 from pyspark.sql import SparkSession
 
 from jobs.runtime.jars import spark_jars
-from jobs.runtime.settings import SparkConfValue, SparkSettings, conf_dir, is_uri
+from jobs.runtime.settings import SparkConfValue, SparkSettings, conf_dir, local_path
 
 DELTA_CONFS: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -99,11 +99,8 @@ def metastore_dir(root: str) -> Path | None:
     """Where a lakehouse on the local file system keeps its own embedded Hive metastore (Derby):
     ``{root}/_catalog/metastore_db``; None for a root on object storage, whose cluster configures
     its catalog."""
-    if root.startswith("file:"):
-        root = re.sub(r"^file:(//)?", "", root)
-    elif is_uri(root):
-        return None
-    return Path(root) / "_catalog"
+    local = local_path(root)
+    return Path(local) / "_catalog" if local is not None else None
 
 
 def _hive_available() -> bool:
@@ -117,8 +114,8 @@ def _hive_site() -> Path | None:
     """A ``hive-site.xml`` where Spark looks for one: the metastore it configures is the user's."""
     folders = [os.environ.get(v) for v in ("SPARK_CONF_DIR", "HIVE_CONF_DIR", "HADOOP_CONF_DIR")]
     if os.environ.get("SPARK_HOME"):
-        folders.append(str(Path(os.environ["SPARK_HOME"]) / "conf"))
-    return next((Path(f) / "hive-site.xml" for f in folders if f and (Path(f) / "hive-site.xml").is_file()), None)
+        folders.append(f"{os.environ['SPARK_HOME']}/conf")
+    return next((site for f in folders if f and (site := Path(f) / "hive-site.xml").is_file()), None)
 
 
 def metastore_confs(root: str, hive: bool) -> dict[str, str]:
