@@ -217,7 +217,7 @@ def _unreadable(spark: SparkSession, source: SourceSettings, files: list[str]) -
                 fs.read_first_line(spark, path, source.encoding)
             spark.read.text(literal_path(path)).count()
         except Exception as exc:  # noqa: BLE001 - Py4JJavaError or a Spark error: the reason is in its text
-            found[path] = _reason(str(exc))
+            found[path] = _reason(fs.error_chain(exc))
     return found
 
 
@@ -225,12 +225,14 @@ def _reason(text: str) -> str:
     if "FileNotFound" in text or "does not exist" in text:
         return "vanished: the file was listed but is gone"
     if any(word in text for word in ("EOFException", "end of input stream", "ZipException", "Not in GZIP format",
-                                     "CRC", "incorrect header check")):
+                                     "not a gzip file", "CRC", "incorrect header check")):
         return "truncated or corrupt compressed file"
     if any(word in text for word in ("MalformedInput", "CharacterCoding", "Unmappable")):
         return "bytes that do not decode in the source's encoding"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "unreadable")
-    return f"unreadable: {first[:200]}"
+    # the deepest cause's line (stack frames aside): what was wrong, not which call failed
+    last = next((line.strip() for line in reversed(text.splitlines())
+                 if line.strip() and not line.lstrip().startswith("at ")), "unreadable")
+    return f"unreadable: {last[:200]}"
 
 
 def _quarantine(spark: SparkSession, root: str, source: SourceSettings, batch: Batch, stage: StageResult,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -141,27 +144,86 @@ def _register(spark: SparkSession, root: str, catalog: str | None, keys: Iterabl
         else:
             spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{path}'")
         done.append((key, path))
-    if keys is None:
-        fs.write_text(spark, _marker(root), json.dumps({"catalog": catalog}) + "\n")
+    if keys is None:  # remembered: the catalog, and whether names went into a Hive metastore
+        fs.write_text(spark, _marker(root), json.dumps({"catalog": catalog, "hive": _hive_backed(spark)}) + "\n")
     return done
+
+
+def _hive_backed(spark: SparkSession) -> bool:
+    return spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "hive"
 
 
 def keep_registered(spark: SparkSession, root: str) -> None:
     """At a writing command's end: the tables it created join the catalog the lakehouse was
-    registered in, if it was (nothing created: no look-up at all). A table the catalog refuses is
-    a warning, never a failure: its data is committed and reachable by path."""
-    created = set(tables.CREATED)
+    registered in, if it was (nothing created: no look-up at all). Registered in a Hive metastore
+    this session does not open (the lakehouse's embedded one, which jobs leave alone so that they
+    never wait for a notebook holding it): through a short-lived process that opens it, registers
+    and ends (:func:`register_in_metastore`). A table the catalog refuses is a warning, never a
+    failure: its data is committed and reachable by path."""
+    created = sorted(set(tables.CREATED))
     tables.CREATED.clear()
     try:
         if not created or not fs.exists(spark, _marker(root)):
             return
-        catalog = json.loads(fs.read_text(spark, _marker(root))).get("catalog")
+        marker = json.loads(fs.read_text(spark, _marker(root)))
     except Exception as exc:  # the lakehouse root is out of reach: the command itself is done
         log.warning("could not read where the lakehouse is registered: %s", exc)
         return
-    for key in sorted(created):
+    catalog = marker.get("catalog")
+    if catalog is None and marker.get("hive") and not _hive_backed(spark):
+        problem = register_in_metastore(spark, root, created)
+        if problem:
+            log.warning("could not register %s in the catalog: %s", ", ".join(created), problem)
+        return
+    for key in created:
         try:
             register(spark, root, catalog, [key])
         except Exception as exc:  # the catalog is out of reach or refuses: the command itself is done
             log.warning("could not register %s in the catalog: %s", key,
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+# Confs that belong to one running application, not to the session a second process builds.
+_OWN_CONFS = ("spark.app.id", "spark.app.startTime", "spark.app.submitTime", "spark.driver.host",
+              "spark.driver.port", "spark.executor.id", "spark.master", "spark.sql.catalogImplementation")
+
+
+def register_in_metastore(spark: SparkSession, root: str, keys: Iterable[str]) -> str | None:
+    """Register ``keys`` in the Hive metastore a ``lakehouse catalog register`` session uses
+    (the lakehouse's embedded Derby database, or the user's ``hive-site.xml``), from a second
+    local Spark process with this session's confs: it opens the metastore, registers and ends,
+    which releases Derby's one-process lock. Returns None, or why it could not (one line)."""
+    confs = {k: v for k, v in spark.sparkContext.getConf().getAll() if k not in _OWN_CONFS}
+    request = json.dumps({"root": root, "keys": list(keys), "confs": confs})  # on stdin: confs may hold secrets
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY_")}  # its own JVM
+    try:
+        done = subprocess.run([sys.executable, "-m", "jobs.tools.catalog"], input=request, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    return lines[-1].removeprefix("error: ") if lines else f"exit code {done.returncode}"
+
+
+def _register_from_request() -> int:
+    """``python -m jobs.tools.catalog``: the second process of :func:`register_in_metastore`."""
+    from jobs.runtime.settings import SparkSettings
+    from jobs.runtime.spark import get_spark
+
+    request = json.loads(sys.stdin.read())
+    root = request["root"]
+    spark = get_spark(SparkSettings(master="local[1]"), extra_confs=request["confs"], root=root, hive=True)
+    try:
+        register(spark, root, None, request["keys"])
+    except Exception as exc:
+        print(f"error: {' '.join(str(exc).split())[:400] or type(exc).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_register_from_request())

@@ -179,16 +179,19 @@ def test_an_unreadable_file_is_quarantined_with_its_reason_and_the_rest_lands(sp
     broken = os.path.join(settings.landing.root, "events", "broken.json.gz")
     with open(broken, "wb") as handle:
         handle.write(whole[: len(whole) // 2])  # cut off mid-stream: every read of it fails
+    with open(os.path.join(settings.landing.root, "events", "plain.json.gz"), "wb") as handle:
+        handle.write(b"not gzip at all\n")  # the reason is in the JVM error's cause, not its message
 
     result = ingest(spark, settings, "events")
 
     assert _landed(result) == (1, 2, 0)
-    [quarantined] = read_table(spark, settings.lakehouse.root, "ops.quarantined_files").collect()
-    assert quarantined["path"].endswith("broken.json.gz") and quarantined["source"] == "web"
-    assert quarantined["reason"] == "truncated or corrupt compressed file"
+    quarantined = read_table(spark, settings.lakehouse.root, "ops.quarantined_files").orderBy("path").collect()
+    assert [(q["path"].rsplit("/", 1)[-1], q["source"], q["reason"]) for q in quarantined] == [
+        ("broken.json.gz", "web", "truncated or corrupt compressed file"),
+        ("plain.json.gz", "web", "truncated or corrupt compressed file")]
     assert result.details["warnings"] == [
-        f"quarantined {quarantined['path']} of source web (truncated or corrupt compressed file); "
-        "the rest of its batch landed"]
+        f"quarantined {q['path']} of source web (truncated or corrupt compressed file); the rest of its batch landed"
+        for q in quarantined]
     assert [f["path"].endswith("good.json") for f in landed_files(spark, settings, settings.source("web", "events"))] == [
         True]
     again = ingest(spark, settings, "events")  # the source is not wedged: nothing new, nothing to retry
