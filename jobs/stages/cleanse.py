@@ -133,16 +133,23 @@ class Tally:
     checked: int = 0
 
 
-def _judgements(classified: DataFrame, flag: Column | None = None) -> tuple[Counter, Counter, Counter, int, int]:
-    """One pass: outcomes, reasons, expectation failures, rows checked and rows ``flag`` holds for."""
-    flagged_by = F.lit(False) if flag is None else F.coalesce(flag, F.lit(False))
-    combos = classified.groupBy("_outcome", "_reasons", "_dq_checked", "_dq_failed",
-                                flagged_by.alias("_flag")).count().collect()
-    outcomes, reasons, failed, checked, flagged = Counter(), Counter(), Counter(), 0, 0
-    for row in combos:  # one row per combination of outcome, reasons and failures: a handful
+def _judgements(classified: DataFrame, judged: Column | None = None, flags: dict[str, Column] | None = None
+                ) -> tuple[Counter, Counter, Counter, int, Counter]:
+    """One pass: over the rows ``judged`` holds for (default: all), outcomes, reasons, expectation
+    failures and rows checked; over all rows, how many each of ``flags`` holds for."""
+    judged = F.lit(True) if judged is None else F.coalesce(judged, F.lit(False))
+    flags = flags or {}
+    combos = classified.groupBy(
+        judged.alias("_judged"), "_outcome", "_reasons", "_dq_checked", "_dq_failed",
+        *[F.coalesce(flag, F.lit(False)).alias(f"_flag_{name}") for name, flag in flags.items()],
+    ).count().collect()
+    outcomes, reasons, failed, checked, flagged = Counter(), Counter(), Counter(), 0, Counter()
+    for row in combos:  # one row per combination of outcome, reasons, failures and flags: a handful
+        flagged.update({name: row["count"] for name in flags if row[f"_flag_{name}"]})
+        if not row["_judged"]:
+            continue
         outcomes[row["_outcome"]] += row["count"]
         checked += row["count"] if row["_dq_checked"] else 0
-        flagged += row["count"] if row["_flag"] else 0
         for reason in row["_reasons"]:
             reasons[reason] += row["count"]
         for name in row["_dq_failed"]:
@@ -375,11 +382,16 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
     parsed.unpersist()
     try:
         new = classified.where(~F.col("_neighbour"))
-        # Clean rows with both ids: a device seen logged in (none: no identity write, nothing to stitch).
-        outcomes, reasons, failed, checked, logins = _judgements(new, (F.col("_outcome") == "silver") & F.col(
-            "anonymous_id").isNotNull() & F.col("customer_id").isNotNull())
+        retracting = F.col("_neighbour") & F.col("_in_silver") & (F.col("_outcome") == "rejected")
+        # logins: clean rows with both ids, a device seen logged in (none: no identity write, nothing
+        # to stitch); retract: silver rows of earlier batches a window now catches.
+        outcomes, reasons, failed, checked, flagged = _judgements(classified, ~F.col("_neighbour"), {
+            "logins": ~F.col("_neighbour") & (F.col("_outcome") == "silver") & F.col("anonymous_id").isNotNull()
+            & F.col("customer_id").isNotNull(),
+            "retract": retracting})
+        logins = flagged["logins"]
         _check_expectations(EVENTS, expectations, failed)
-        retract = classified.where(F.col("_neighbour") & F.col("_in_silver") & (F.col("_outcome") == "rejected"))
+        retract = classified.where(retracting)
 
         # 1. rejected rows: this batch's, then silver rows a window now catches (with their bronze record)
         written_rejected = 0
@@ -392,7 +404,7 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
             rows = _rejected_output(records, batch.batch_id)
             written_rejected = append(rows, root, REJECTED, txn=batch.txn(REJECTED))["rows"]
         retracted = 0
-        if not retract.isEmpty():
+        if flagged["retract"]:
             records = _bronze_records(spark, root, retract)
             caught = retract.select("event_id", "_reasons", "event_date", "_ingested_at", "_source_file",
                                     "_content_hash").join(records, ["_content_hash", "_ingested_at", "_source_file"])
@@ -429,7 +441,9 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
             changes = changes.unionByName(stitched.withColumn("_op", F.lit("stitch")))
         changes = changes.persist()
         try:
-            changed_days = sorted(r[0] for r in changes.select("event_date").distinct().collect())  # a few days
+            changed_days = []  # nothing retracted, no login: no earlier row changes, and no job to tell
+            if flagged["retract"] or stitched is not None:
+                changed_days = sorted(r[0] for r in changes.select("event_date").distinct().collect())  # a few days
             if changed_days:
                 done = merge(spark, root, EVENTS, lambda t: t.alias("t").merge(
                     changes.alias("s"), "t.event_id = s.event_id AND t.event_date = s.event_date AND "
