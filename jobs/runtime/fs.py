@@ -34,18 +34,6 @@ def _java_message(exc: Py4JJavaError) -> str:
     return f"{java.getClass().getSimpleName()}: {java.getMessage()}".splitlines()[0]
 
 
-def error_chain(exc: BaseException) -> str:
-    """An error's text and, for one raised in the JVM, each of its causes' (``Caused by``: Spark's
-    own message often says only which file failed, the cause what was wrong with it)."""
-    texts = [str(exc)]
-    java = getattr(exc, "java_exception", None)
-    cause = java.getCause() if java is not None else None
-    while cause is not None and len(texts) < 10:
-        texts.append(str(cause.toString()))
-        cause = cause.getCause()
-    return "\n".join(texts)
-
-
 def exists(spark: SparkSession, path: str) -> bool:
     fs, hadoop_path = _hadoop_path(spark, path)
     return bool(fs.exists(hadoop_path))

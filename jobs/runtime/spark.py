@@ -72,6 +72,18 @@ def analysis_message(exc: BaseException) -> str:
     return re.split(r" SQLSTATE: | ==", text, maxsplit=1)[0][:400]
 
 
+def error_chain(exc: BaseException) -> str:
+    """An error's text and, for one raised in the JVM, each of its causes' (``Caused by``: Spark's
+    own message often says only which file failed, the cause what was wrong with it)."""
+    texts = [str(exc)]
+    java = getattr(exc, "java_exception", None)
+    cause = java.getCause() if java is not None else None
+    while cause is not None and len(texts) < 10:
+        texts.append(str(cause.toString()))
+        cause = cause.getCause()
+    return "\n".join(texts)
+
+
 def launched_by_spark_submit() -> bool:
     """True inside a driver that spark-submit (or pyspark) started with its own JVM and confs."""
     return "PYSPARK_GATEWAY_PORT" in os.environ

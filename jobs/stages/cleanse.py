@@ -384,12 +384,13 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
         [(e.name, e.expect, e.action) for e in expectations])).localCheckpoint()
     parsed.unpersist()
     try:
-        new = classified.where(~F.col("_neighbour"))
+        is_new = ~F.col("_neighbour")
+        new = classified.where(is_new)
         retracting = F.col("_neighbour") & F.col("_in_silver") & (F.col("_outcome") == "rejected")
         # logins: clean rows with both ids, a device seen logged in (none: no identity write, nothing
         # to stitch); retract: silver rows of earlier batches a window now catches.
-        outcomes, reasons, failed, checked, flagged = _judgements(classified, ~F.col("_neighbour"), {
-            "logins": ~F.col("_neighbour") & (F.col("_outcome") == "silver") & F.col("anonymous_id").isNotNull()
+        outcomes, reasons, failed, checked, flagged = _judgements(classified, is_new, {
+            "logins": is_new & (F.col("_outcome") == "silver") & F.col("anonymous_id").isNotNull()
             & F.col("customer_id").isNotNull(),
             "retract": retracting})
         logins = flagged["logins"]

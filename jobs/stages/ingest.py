@@ -30,6 +30,7 @@ from jobs.runtime import fs
 from jobs.runtime.errors import InputError
 from jobs.runtime.runlog import StageResult, run_stage, utc_now
 from jobs.runtime.settings import Settings, SourceSettings
+from jobs.runtime.spark import error_chain
 from jobs.runtime.streams import Batch, checkpoint_path, process_new
 from jobs.runtime.tables import append, current_version, ensure_table, read_or_empty, spec, table_path
 from transforms.bronze import conform_to, map_csv_records, parse_json_records, with_landing_metadata
@@ -217,7 +218,7 @@ def _unreadable(spark: SparkSession, source: SourceSettings, files: list[str]) -
                 fs.read_first_line(spark, path, source.encoding)
             spark.read.text(literal_path(path)).count()
         except Exception as exc:  # noqa: BLE001 - Py4JJavaError or a Spark error: the reason is in its text
-            found[path] = _reason(fs.error_chain(exc))
+            found[path] = _reason(error_chain(exc))
     return found
 
 

@@ -210,7 +210,7 @@ def register_in_metastore(spark: SparkSession, root: str, keys: Iterable[str]) -
 def _register_from_request() -> int:
     """``python -m jobs.tools.catalog``: the second process of :func:`register_in_metastore`."""
     from jobs.runtime.settings import SparkSettings
-    from jobs.runtime.spark import get_spark
+    from jobs.runtime.spark import analysis_message, get_spark
 
     request = json.loads(sys.stdin.read())
     root = request["root"]
@@ -218,7 +218,7 @@ def _register_from_request() -> int:
     try:
         register(spark, root, None, request["keys"])
     except Exception as exc:
-        print(f"error: {' '.join(str(exc).split())[:400] or type(exc).__name__}", file=sys.stderr)
+        print(f"error: {analysis_message(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
         spark.stop()
