@@ -67,10 +67,12 @@ def _release_delta_snapshots():
     yield
     from pyspark.sql import SparkSession
 
+    from jobs.runtime.spark import java_class
+
     session = SparkSession.getActiveSession()
     if session is not None:
         session.catalog.clearCache()
-        session._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # type: ignore[union-attr]
+        java_class(session, "org.apache.spark.sql.delta.DeltaLog").clearCache()
 
 
 @pytest.fixture

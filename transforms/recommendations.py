@@ -115,8 +115,7 @@ def recommend(customers: DataFrame, as_of: datetime, config: RecsConfig, out_of_
         popularity = window.groupBy("product_id").agg(
             F.sum("weight").alias("popularity"),
             F.max_by("category", "event_ts").alias("category"))
-        ranked_overall = popularity.withColumn(
-            "_n", F.row_number().over(Window.orderBy(F.desc("popularity"), "product_id"))).where(F.col("_n") <= deep)
+        ranked_overall = popularity.orderBy(F.desc("popularity"), "product_id").limit(deep)  # top-N, no window
         candidates = people.crossJoin(F.broadcast(ranked_overall.select(
             "product_id", F.col("popularity").alias("score")))).withColumn("tier", F.lit(2))
         if not popularity_only:

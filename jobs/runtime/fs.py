@@ -10,6 +10,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import SparkSession
 
 from jobs.runtime.errors import InputError
+from jobs.runtime.spark import java_class
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,7 @@ class FileInfo:
 
 
 def _hadoop_path(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    hadoop_path = java_class(spark, "org.apache.hadoop.fs.Path")(path)
     try:
         fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     except Py4JJavaError as exc:
@@ -68,16 +68,16 @@ def list_files(spark: SparkSession, root: str, suffixes: tuple[str, ...]) -> lis
 
 def read_first_line(spark: SparkSession, path: str, encoding: str = "UTF-8") -> str:
     """The first line of a (possibly compressed) text file in ``encoding``, without a byte-order mark."""
-    jvm = spark.sparkContext._jvm
     fs, hadoop_path = _hadoop_path(spark, path)
     stream = fs.open(hadoop_path)
     try:
-        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
+        codec = java_class(spark, "org.apache.hadoop.io.compress.CompressionCodecFactory")(
             spark.sparkContext._jsc.hadoopConfiguration()
         ).getCodec(hadoop_path)
         if codec is not None:
             stream = codec.createInputStream(stream)
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, encoding))
+        decoded = java_class(spark, "java.io.InputStreamReader")(stream, encoding)
+        reader = java_class(spark, "java.io.BufferedReader")(decoded)
         line = reader.readLine()
     finally:
         stream.close()
@@ -86,11 +86,10 @@ def read_first_line(spark: SparkSession, path: str, encoding: str = "UTF-8") -> 
 
 def read_text(spark: SparkSession, path: str) -> str:
     """A small text file (a Delta commit, a checkpoint entry), whole."""
-    jvm = spark.sparkContext._jvm
     fs, hadoop_path = _hadoop_path(spark, path)
     stream = fs.open(hadoop_path)
     try:
-        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+        data = java_class(spark, "org.apache.commons.io.IOUtils").toByteArray(stream)
     finally:
         stream.close()
     return bytes(data).decode("utf-8")

@@ -27,6 +27,7 @@ from pyspark.sql import types as T
 
 from jobs.runtime import runlog
 from jobs.runtime.errors import ConfigError
+from jobs.runtime.spark import java_class
 from transforms.bronze import BRONZE_CATALOG_SCHEMA, BRONZE_CRM_SCHEMA, BRONZE_EVENTS_SCHEMA
 from transforms.gold_features import CUSTOMER_FEATURES_SCHEMA
 from transforms.gold_state import CUSTOMER_DAILY_SCHEMA
@@ -244,12 +245,11 @@ def is_delta_table(spark: SparkSession, path: str) -> bool:
 
 
 def _delta_log(spark: SparkSession, path: str) -> Any:
-    return spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[union-attr]
+    return java_class(spark, "org.apache.spark.sql.delta.DeltaLog").forTable(spark._jsparkSession, path)
 
 
 def _snapshot(spark: SparkSession, path: str) -> Any:
-    jvm = spark._jvm  # type: ignore[union-attr]
-    none = jvm.scala.Option.empty()
+    none = java_class(spark, "scala.Option").empty()
     return _delta_log(spark, path).update(False, none, none)
 
 

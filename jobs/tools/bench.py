@@ -32,6 +32,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from jobs.runtime.settings import Settings
+from jobs.runtime.spark import java_class
 from jobs.stages.pipeline import StageResult, run_pipeline
 from jobs.tools import MARK, owned_folder
 from jobs.tools.demo import generate
@@ -46,8 +47,7 @@ class HeapSampler:
     """The driver JVM's used heap, sampled every ``interval`` seconds on a thread; ``peak`` in bytes."""
 
     def __init__(self, spark: SparkSession, interval: float = 0.25):
-        jvm = spark.sparkContext._jvm  # type: ignore[union-attr]
-        self._memory = jvm.java.lang.management.ManagementFactory.getMemoryMXBean()
+        self._memory = java_class(spark, "java.lang.management.ManagementFactory").getMemoryMXBean()
         self.max = int(self._memory.getHeapMemoryUsage().getMax())
         self.peak = 0
         self._interval = interval

@@ -10,6 +10,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 import jobs.tools.privacy as privacy
+from jobs.runtime.spark import java_class
 from jobs.runtime.tables import read_table, table_path
 
 
@@ -70,10 +71,10 @@ def test_an_id_file_saved_with_a_byte_order_mark_and_crlf_reads_the_bare_ids(tmp
 def event_log(spark, folder):
     """Spark's own event-log writer attached to the running session for the body (the suite's
     shared session cannot switch ``spark.eventLog.enabled`` on); yields the log's text after."""
-    jvm, context = spark.sparkContext._jvm, spark.sparkContext._jsc.sc()
+    context = spark.sparkContext._jsc.sc()
     conf = context.conf().clone().set("spark.eventLog.compress", "false")
-    writer = jvm.org.apache.spark.scheduler.EventLoggingListener(
-        "erasure-test", jvm.scala.Option.empty(), jvm.java.net.URI(folder.as_uri()), conf,
+    writer = java_class(spark, "org.apache.spark.scheduler.EventLoggingListener")(
+        "erasure-test", java_class(spark, "scala.Option").empty(), java_class(spark, "java.net.URI")(folder.as_uri()), conf,
         context.hadoopConfiguration())
     writer.start()
     context.addSparkListener(writer)
