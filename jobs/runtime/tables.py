@@ -281,9 +281,10 @@ _ENSURED: set[str] = set()
 CREATED: set[str] = set()  # tables this process created, until a command's end registers them
 
 
-def ensure_table(spark: SparkSession, root: str, key: str) -> str:
+def ensure_table(spark: SparkSession, root: str, key: str, create: bool = True) -> str:
     """The path of ``key``'s Delta table, created empty with its schema and properties if absent
-    and upgraded if an earlier release made it (its ``lakehouse.schemaVersion`` is lower).
+    (unless not ``create``: then its first write creates it) and upgraded if an earlier release
+    made it (its ``lakehouse.schemaVersion`` is lower).
 
     Checked once per process and path, from the table's log alone."""
     table = spec(key)
@@ -292,6 +293,8 @@ def ensure_table(spark: SparkSession, root: str, key: str) -> str:
         return path
     snapshot = _snapshot(spark, path)
     if snapshot.version() < 0:
+        if not create:
+            return path
         _create(spark, path, table)
     elif int(_property(snapshot, SCHEMA_VERSION) or 0) < table.version:
         _upgrade(spark, path, table, snapshot)
@@ -306,8 +309,49 @@ def _create(spark: SparkSession, path: str, table: TableSpec) -> None:
     for name, value in table.table_properties.items():
         builder = builder.property(name, value)
     builder.execute()
+    _created(table)
+
+
+def _created(table: TableSpec) -> None:
     runlog.note_commit(table.key)
     CREATED.add(table.key)
+
+
+def _absent(spark: SparkSession, root: str, key: str) -> bool:
+    """Whether ``key`` has no table yet and its first write may create it, in that write's one
+    commit (:func:`_create_with`). A table with a NOT NULL column is created on its own first:
+    a table created from a query makes every column nullable."""
+    table = spec(key)
+    path = table_path(root, key)
+    if path in _ENSURED or not all(f.nullable for f in table.schema.fields):
+        return False
+    return current_version(spark, path) < 0
+
+
+def _create_with(df: DataFrame, root: str, key: str, options: Mapping[str, str]) -> int:
+    """Create ``key``'s table from ``df`` in one commit, with the schema, partitioning, properties
+    and description :func:`ensure_table` gives it (an empty table and then a write would be two
+    commits and, with a transaction id, a rebuild of the new table's state); the rows written, from
+    the commit's ``operationMetrics`` (an ``Observation`` sees nothing of a CREATE TABLE AS SELECT).
+    The ``userMetadata`` option goes in as the session conf: this path ignores the writer option."""
+    table = spec(key)
+    path = table_path(root, key)
+    present = set(df.columns)  # as in an append, a column the rows lack is null
+    columns = [(F.col(f.name) if f.name in present else F.lit(None)).cast(f.dataType).alias(f.name)
+               for f in table.schema.fields]
+    out = df.select(*columns).writeTo(f"delta.`{path}`").using("delta").tableProperty("comment", table.description)
+    for name, value in table.table_properties.items():
+        out = out.tableProperty(name, value)
+    if table.partition_by:
+        out = out.partitionedBy(*[F.col(c) for c in table.partition_by])
+    options = dict(options)
+    metadata = options.pop("userMetadata", None)
+    confs = {} if metadata is None else {"spark.databricks.delta.commitInfo.userMetadata": metadata}
+    with temporary_confs(df.sparkSession, confs):
+        out.options(**options).create()
+    _ENSURED.add(path)
+    _created(table)
+    return int(_commit_info(df.sparkSession, path, 0).get("operationMetrics", {}).get("numOutputRows", 0))
 
 
 def _upgrade(spark: SparkSession, path: str, table: TableSpec, snapshot: Any) -> None:
@@ -345,25 +389,18 @@ def _metadata(metadata: Mapping[str, object]) -> str:
 def append(df: DataFrame, root: str, key: str, *, txn: tuple[str, int] | None = None,
            metadata: Mapping[str, object] | None = None,
            metrics: Mapping[str, Column] | None = None) -> dict[str, int]:
-    """Append ``df`` to ``key`` (created first if absent) in one commit; ``rows`` written and any
+    """Append ``df`` to ``key`` (created with these rows if absent) in one commit; ``rows`` written and any
     other ``metrics`` (aggregate columns), counted by the write itself.
 
     ``txn`` (app id, version) makes the write idempotent: Delta skips it when that app id already
     committed that version (a retried batch); then every count is 0."""
-    spark = df.sparkSession
-    path = ensure_table(spark, root, key)
-    before = current_version(spark, path)
+    options = _write_options(txn, metadata)
+    if not metrics and _absent(df.sparkSession, root, key):
+        return {"rows": _create_with(df, root, key, options)}
     observed, observation = _observed(df, metrics)
-    out = observed.write.format("delta").mode("append")
-    if txn is not None:
-        out = out.option("txnAppId", txn[0]).option("txnVersion", txn[1])
-    if metadata is not None:
-        out = out.option("userMetadata", _metadata(metadata))
-    out.save(path)
     names = ["rows", *(metrics or {})]
-    if current_version(spark, path) == before:  # skipped: the same txn committed before
-        return dict.fromkeys(names, 0)
-    runlog.note_commit(key)
+    if not _write(observed, root, key, "append", options):
+        return dict.fromkeys(names, 0)  # skipped: the same txn committed before
     got = observation.get
     return {name: int(got.get(name) or 0) for name in names}
 
@@ -379,22 +416,38 @@ def overwrite(df: DataFrame, root: str, key: str, *, metadata: Mapping[str, obje
               replace_where: str | None = None, txn: tuple[str, int] | None = None) -> int:
     """Replace ``key``'s rows (those matching ``replace_where``, or all) in one commit; rows written.
     ``txn`` as for :func:`append`."""
+    options = _write_options(txn, metadata)
+    if _absent(df.sparkSession, root, key):  # nothing to replace: the rows are the table
+        return _create_with(df, root, key, options)
+    observed, observation = _observed(df, None)
+    if not _write(observed, root, key, "overwrite", options, replace_where):
+        return 0  # skipped, or nothing to remove or add: no commit
+    return int(observation.get.get("rows") or 0)
+
+
+def _write_options(txn: tuple[str, int] | None, metadata: Mapping[str, object] | None) -> dict[str, str]:
+    options = {}
+    if txn is not None:
+        options.update(txnAppId=txn[0], txnVersion=str(txn[1]))
+    if metadata is not None:
+        options["userMetadata"] = _metadata(metadata)
+    return options
+
+
+def _write(df: DataFrame, root: str, key: str, mode: str, options: dict[str, str],
+           replace_where: str | None = None) -> bool:
+    """Write ``df`` to ``key`` in one commit; whether a commit was made (none: a replayed ``txn``,
+    or an overwrite that changed nothing)."""
     spark = df.sparkSession
     path = ensure_table(spark, root, key)
     before = current_version(spark, path)
-    observed, observation = _observed(df, None)
-    out = observed.write.format("delta").mode("overwrite")
     if replace_where is not None:
-        out = out.option("replaceWhere", replace_where)
-    if txn is not None:
-        out = out.option("txnAppId", txn[0]).option("txnVersion", txn[1])
-    if metadata is not None:
-        out = out.option("userMetadata", _metadata(metadata))
-    out.save(path)
-    if current_version(spark, path) == before:  # skipped, or nothing to remove or add: no commit
-        return 0
+        options = {**options, "replaceWhere": replace_where}
+    df.write.format("delta").mode(mode).options(**options).save(path)
+    if current_version(spark, path) == before:
+        return False
     runlog.note_commit(key)
-    return int(observation.get.get("rows") or 0)
+    return True
 
 
 @contextmanager

@@ -323,9 +323,8 @@ def cleanse_events(spark: SparkSession, settings: Settings, stage: StageResult) 
     tally = Tally()
     bronze = data_version(spark, table_path(root, "bronze.events"))  # a compaction is no new input
     if bronze >= 0 and not caught_up(spark, root, "cleanse/events", bronze):
-        for key in (EVENTS, REJECTED, IDENTITY, DAILY):
-            ensure_table(spark, root, key)
-
+        for key in (EVENTS, REJECTED, IDENTITY, DAILY):  # an earlier release's, upgraded before they are read
+            ensure_table(spark, root, key, create=False)  # absent: its first write creates it
         def handle(batch: Batch) -> None:
             # One narrow pass for the batch's days (and its rows, counted); the judging then reads
             # only the batch's days of the earlier tables.
@@ -356,8 +355,8 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
     if holds_rows(spark, root, EVENTS) or holds_rows(spark, root, REJECTED):
         parsed = parsed.persist()  # read again for its ids and keys
         earlier = F.col("_batch_id") != batch.batch_id
-        silver = spark.read.format("delta").load(table_path(root, EVENTS)).where(earlier)
-        rejected = spark.read.format("delta").load(table_path(root, REJECTED)).where(earlier)
+        silver = read_or_empty(spark, root, EVENTS).where(earlier)  # one of the two may not exist yet
+        rejected = read_or_empty(spark, root, REJECTED).where(earlier)
         lookback = _around(dates, cleanse.duplicate_lookback_days)
         near = _around(dates, 1)
         silver_near = _with_dates(silver, near)
@@ -430,7 +429,7 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
                   .whenNotMatchedInsertAll(), txn=batch.txn(IDENTITY))
         elif logins:  # nothing to match: one append of one row per device
             append(pairs, root, IDENTITY, txn=batch.txn(IDENTITY))
-        identity_map = spark.read.format("delta").load(table_path(root, IDENTITY))
+        identity_map = read_or_empty(spark, root, IDENTITY)
         silver_rows = clean.transform(stitch_identities(identity_map)).withColumn(
             "_batch_id", F.lit(batch.batch_id).cast("long")).select(*SILVER_COLUMNS)
         written_silver = 0
@@ -522,7 +521,7 @@ def cleanse_customers(spark: SparkSession, settings: Settings, stage: StageResul
         _record(stage, "customers", CUSTOMERS, tally, CUSTOMER_REASON_CODES, expectations)
         return tally
     for key in (CUSTOMERS, HISTORY, REJECTED_CUSTOMERS):
-        ensure_table(spark, root, key)
+        ensure_table(spark, root, key, create=False)
     # Sources whose records carry only the fields they change (Segment identify traits).
     partial = sorted(name for name, source in settings.sources.items() if source.kind == "crm" and source.partial)
 
@@ -614,7 +613,7 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
     catalog = data_version(spark, table_path(root, "bronze.catalog"))
     if catalog >= 0 and not caught_up(spark, root, "cleanse/products", catalog):
         for key in (PRODUCTS, REJECTED_PRODUCTS):
-            ensure_table(spark, root, key)
+            ensure_table(spark, root, key, create=False)
         latest = utc_now() + timedelta(minutes=settings.cleanse.max_clock_skew_minutes)
 
         def handle(batch: Batch) -> None:
@@ -651,7 +650,6 @@ def cleanse_products(spark: SparkSession, settings: Settings, stage: StageResult
     if at is not None and events >= 0 and ran_lately(spark, root, "products_from_events", at, every):
         stage.details["products_from_events"] = "kept (cleanse.complete_products_minutes)"
     elif events >= 0 and not caught_up(spark, root, "cleanse/products_from_events", events):
-        ensure_table(spark, root, PRODUCTS)
         completed = Counter()
 
         def complete(batch: Batch) -> None:

@@ -21,7 +21,6 @@ from jobs.runtime.runlog import StageResult, previous_outcome, run_stage
 from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.tables import (
     current_version,
-    ensure_table,
     overwrite,
     read_or_empty,
     spec,
@@ -74,7 +73,7 @@ def segment_stage(spark: SparkSession, settings: Settings, as_of: datetime | Non
         stage.outcomes.update(computed.outcomes)
     as_of = as_utc(as_of)
     digest = rules_hash(segments)
-    path = ensure_table(spark, root, MEMBERSHIP)
+    path = table_path(root, MEMBERSHIP)  # created by its first write
     inputs = {"features": current_version(spark, table_path(root, FEATURES)), "as_of": str(as_of),
               "rules_hash": digest}
     previous = previous_outcome(spark, root, "segment", path, inputs)
@@ -100,14 +99,14 @@ def _judge(spark: SparkSession, root: str, segments: list[Segment], as_of: datet
     path = table_path(root, MEMBERSHIP)
     features = spark.read.format("delta").load(table_path(root, FEATURES)).withColumn(
         "as_of", F.lit(as_of).cast("timestamp"))  # unchanged features stand for this as_of too
-    previous = spark.read.format("delta").load(path)
+    previous = read_or_empty(spark, root, MEMBERSHIP)
     compared = features.transform(members(conditions(segments, as_of))).transform(
         compare_membership(previous, as_of)).persist()
     try:
         counted = {r["segment_id"]: (r["size"], r["entered"], r["exited"])
                    for r in change_counts(compared).collect()}  # one row per segment
         changed = any(entered or exited for _, entered, exited in counted.values())
-        if changed or current_version(spark, path) == 0:
+        if changed or current_version(spark, path) < 0:  # the first run writes, even nobody
             current = (compared.where("_is").withColumn("as_of", F.lit(as_of).cast("timestamp"))
                        .withColumn("run_id", F.lit(stage.run_id)).transform(conform_to(spec(MEMBERSHIP).schema)))
             overwrite(current, root, MEMBERSHIP, metadata={

@@ -5,7 +5,6 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
-from pyspark.sql import functions as F
 
 from jobs.cli import cli
 from jobs.rules.segments import load_segments
@@ -73,7 +72,7 @@ def test_segment_runs_an_hour_apart_move_customers_and_time_travel_returns_the_f
         (first_version, 2, 2, 0), (second_version, 2, 1, 1)]
     assert {r["rules_hash"] for r in runs} == {first.rules_hash}
     commits = spark.sql(f"DESCRIBE HISTORY delta.`{table_path(root, 'gold.segment_membership')}`")
-    assert commits.where(F.col("version") > 0).count() == 2  # one commit per segment run that changed it
+    assert commits.count() == 2  # one commit per segment run that changed it (the first created the table)
 
     third = run_segments(spark, settings, T0 + timedelta(hours=1, minutes=1))  # nobody moves: no commit
     assert third.versions["gold.segment_membership"] == second_version and third.data_commits == 0

@@ -11,7 +11,7 @@ from jobs.cli import cli
 from jobs.destinations import BatchResult
 from jobs.destinations.file import FileDestination
 from jobs.runtime.settings import SyncSettings
-from jobs.runtime.tables import CUSTOMERS_SCHEMA, read_table
+from jobs.runtime.tables import CUSTOMERS_SCHEMA, current_version, read_table, table_path
 from jobs.stages.segment import run_segments
 from jobs.stages.sync import LargeChange, sync
 from tests.conftest import REPO
@@ -50,7 +50,8 @@ def test_first_sync_sends_consenting_members_and_a_second_sends_nothing(spark, l
     assert [(s.adds, s.removes, s.updates, s.batches) for s in _plan(again)] == [(0, 0, 0, 0)]
     assert sum(again.commits.values()) == 0  # nothing to send: no request, no commit
     runs = read_table(spark, lakehouse.lakehouse.root, "ops.job_runs").where(F.col("job") == "sync:file")
-    assert [r["sync"][0]["synced_version"] for r in runs.orderBy("started_at").collect()] == [1, 1]
+    membership = current_version(spark, table_path(lakehouse.lakehouse.root, "gold.segment_membership"))
+    assert [r["sync"][0]["synced_version"] for r in runs.orderBy("started_at").collect()] == [membership] * 2
 
 
 def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_netted(spark, lakehouse, write_rows, customer_row):
