@@ -328,12 +328,13 @@ def _absent(spark: SparkSession, root: str, key: str) -> bool:
     return current_version(spark, path) < 0
 
 
-def _create_with(df: DataFrame, root: str, key: str, options: Mapping[str, str]) -> int:
+def _create_with(df: DataFrame, root: str, key: str, txn: tuple[str, int] | None,
+                 metadata: Mapping[str, object] | None) -> int:
     """Create ``key``'s table from ``df`` in one commit, with the schema, partitioning, properties
     and description :func:`ensure_table` gives it (an empty table and then a write would be two
     commits and, with a transaction id, a rebuild of the new table's state); the rows written, from
     the commit's ``operationMetrics`` (an ``Observation`` sees nothing of a CREATE TABLE AS SELECT).
-    The ``userMetadata`` option goes in as the session conf: this path ignores the writer option."""
+    ``metadata`` goes in as the session conf: this path ignores the ``userMetadata`` writer option."""
     table = spec(key)
     path = table_path(root, key)
     present = set(df.columns)  # as in an append, a column the rows lack is null
@@ -344,11 +345,9 @@ def _create_with(df: DataFrame, root: str, key: str, options: Mapping[str, str])
         out = out.tableProperty(name, value)
     if table.partition_by:
         out = out.partitionedBy(*[F.col(c) for c in table.partition_by])
-    options = dict(options)
-    metadata = options.pop("userMetadata", None)
-    confs = {} if metadata is None else {"spark.databricks.delta.commitInfo.userMetadata": metadata}
+    confs = {} if metadata is None else {USER_METADATA: _metadata(metadata)}
     with temporary_confs(df.sparkSession, confs):
-        out.options(**options).create()
+        out.options(**_write_options(txn, None)).create()
     _ENSURED.add(path)
     _created(table)
     return int(_commit_info(df.sparkSession, path, 0).get("operationMetrics", {}).get("numOutputRows", 0))
@@ -382,6 +381,9 @@ def _observed(df: DataFrame, metrics: Mapping[str, Column] | None) -> tuple[Data
     return df.observe(observation, *columns), observation
 
 
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"  # the commit's metadata, for a MERGE or a CTAS
+
+
 def _metadata(metadata: Mapping[str, object]) -> str:
     return json.dumps(dict(metadata), sort_keys=True, default=str)
 
@@ -394,12 +396,11 @@ def append(df: DataFrame, root: str, key: str, *, txn: tuple[str, int] | None = 
 
     ``txn`` (app id, version) makes the write idempotent: Delta skips it when that app id already
     committed that version (a retried batch); then every count is 0."""
-    options = _write_options(txn, metadata)
     if not metrics and _absent(df.sparkSession, root, key):
-        return {"rows": _create_with(df, root, key, options)}
+        return {"rows": _create_with(df, root, key, txn, metadata)}
     observed, observation = _observed(df, metrics)
     names = ["rows", *(metrics or {})]
-    if not _write(observed, root, key, "append", options):
+    if not _write(observed, root, key, "append", _write_options(txn, metadata)):
         return dict.fromkeys(names, 0)  # skipped: the same txn committed before
     got = observation.get
     return {name: int(got.get(name) or 0) for name in names}
@@ -416,11 +417,13 @@ def overwrite(df: DataFrame, root: str, key: str, *, metadata: Mapping[str, obje
               replace_where: str | None = None, txn: tuple[str, int] | None = None) -> int:
     """Replace ``key``'s rows (those matching ``replace_where``, or all) in one commit; rows written.
     ``txn`` as for :func:`append`."""
-    options = _write_options(txn, metadata)
     if _absent(df.sparkSession, root, key):  # nothing to replace: the rows are the table
-        return _create_with(df, root, key, options)
+        return _create_with(df, root, key, txn, metadata)
+    options = _write_options(txn, metadata)
+    if replace_where is not None:
+        options["replaceWhere"] = replace_where
     observed, observation = _observed(df, None)
-    if not _write(observed, root, key, "overwrite", options, replace_where):
+    if not _write(observed, root, key, "overwrite", options):
         return 0  # skipped, or nothing to remove or add: no commit
     return int(observation.get.get("rows") or 0)
 
@@ -434,15 +437,12 @@ def _write_options(txn: tuple[str, int] | None, metadata: Mapping[str, object] |
     return options
 
 
-def _write(df: DataFrame, root: str, key: str, mode: str, options: dict[str, str],
-           replace_where: str | None = None) -> bool:
+def _write(df: DataFrame, root: str, key: str, mode: str, options: dict[str, str]) -> bool:
     """Write ``df`` to ``key`` in one commit; whether a commit was made (none: a replayed ``txn``,
     or an overwrite that changed nothing)."""
     spark = df.sparkSession
     path = ensure_table(spark, root, key)
     before = current_version(spark, path)
-    if replace_where is not None:
-        options = {**options, "replaceWhere": replace_where}
     df.write.format("delta").mode(mode).options(**options).save(path)
     if current_version(spark, path) == before:
         return False
@@ -476,7 +476,7 @@ def merge(spark: SparkSession, root: str, key: str, build: Callable[[DeltaTable]
         confs.update({"spark.databricks.delta.write.txnAppId": txn[0],
                       "spark.databricks.delta.write.txnVersion": str(txn[1])})
     if metadata is not None:
-        confs["spark.databricks.delta.commitInfo.userMetadata"] = _metadata(metadata)
+        confs[USER_METADATA] = _metadata(metadata)
     before = current_version(spark, path)
     with temporary_confs(spark, confs):
         result = build(DeltaTable.forPath(spark, path)).execute().collect()  # one row of metrics

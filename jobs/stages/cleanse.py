@@ -325,6 +325,7 @@ def cleanse_events(spark: SparkSession, settings: Settings, stage: StageResult) 
     if bronze >= 0 and not caught_up(spark, root, "cleanse/events", bronze):
         for key in (EVENTS, REJECTED, IDENTITY, DAILY):  # an earlier release's, upgraded before they are read
             ensure_table(spark, root, key, create=False)  # absent: its first write creates it
+
         def handle(batch: Batch) -> None:
             # One narrow pass for the batch's days (and its rows, counted); the judging then reads
             # only the batch's days of the earlier tables.
