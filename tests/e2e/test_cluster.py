@@ -2,13 +2,15 @@
 worker started from the installed pyspark, stopped whatever happens), submitted with spark-submit,
 with ``lakehouse.root`` and ``landing.root`` on ``s3a://`` — Hadoop's S3A connector, resolved once
 and shipped in the bundle, against moto's standalone S3 server on loopback — and what it wrote read
-back by delta-rs, an independent Delta implementation. One test, because each part costs a JVM
-and a whole pipeline."""
+back by delta-rs, an independent Delta implementation; the run reports lineage through the
+OpenLineage listener passed to spark-submit as the README documents. One test, because each part
+costs a JVM and a whole pipeline."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +30,7 @@ SPARK_HOME = Path(pyspark.__file__).resolve().parent
 pytestmark = pytest.mark.cluster
 AS_OF = "2026-11-20T00:00:00Z"
 BUCKET = "email-lakehouse-test"
+OPENLINEAGE = "io.openlineage:openlineage-spark_2.13:1.53.0"  # the README's lineage block
 
 
 def _free_port() -> int:
@@ -130,9 +133,13 @@ def test_the_packaged_pipeline_runs_on_a_standalone_cluster_over_s3a(moto_endpoi
                     f"spark:\n  master: null\n  profile: test\n  conf:\n{spark_conf}"
                     f"destinations: {{file: {{path: {tmp_path / 'exports'}}}}}\n")
 
+    lineage = {"spark.extraListeners": "io.openlineage.spark.agent.OpenLineageSparkListener",
+               "spark.openlineage.namespace": "email-lakehouse", "spark.openlineage.transport.type": "file",
+               "spark.openlineage.transport.location": str(tmp_path / "lineage.jsonl")}
     submit = subprocess.run(
         [str(SPARK_HOME / "bin" / "spark-submit"), "--master", url, "--jars", ",".join(str(j) for j in jars),
-         "--py-files", str(bundle / "lakehouse.zip"),
+         "--py-files", str(bundle / "lakehouse.zip"), "--packages", OPENLINEAGE,  # the README's lineage block
+         *[a for key, value in lineage.items() for a in ("--conf", f"{key}={value}")],
          "--conf", "spark.executor.memory=512m", "--conf", "spark.driver.memory=1g",
          "--conf", f"spark.pyspark.python={sys.executable}",
          str(bundle / "lakehouse_main.py"), "--conf", str(conf), "run", "--as-of", AS_OF, "--sync", "file"],
@@ -167,3 +174,23 @@ def test_the_packaged_pipeline_runs_on_a_standalone_cluster_over_s3a(moto_endpoi
     runs = [r for r in table("ops.job_runs").to_pylist() if r["job"] == "run"]
     assert [r["status"] for r in runs] == ["succeeded"]
     assert len(list((tmp_path / "exports").glob("*/manifest.json"))) == 1
+
+    # Lineage: every table a stage writes, with what it was computed from.
+    flows: dict[str, set[str]] = {}
+
+    def dataset(name: str) -> str:  # s3://bucket/lakehouse/bronze/crm or a local path -> lakehouse/bronze/crm
+        return re.search(r"(lakehouse|landing)/.*$", name).group(0)
+
+    for line in (tmp_path / "lineage.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        for output in event.get("outputs", []):
+            flows.setdefault(dataset(output["name"]), set()).update(dataset(i["name"]) for i in event["inputs"])
+    assert flows["lakehouse/bronze/crm"] == {"landing/crm"}
+    assert flows["lakehouse/bronze/catalog"] == {"landing/catalog"}
+    assert flows["lakehouse/silver/products"] >= {"lakehouse/bronze/catalog"}
+    assert flows["lakehouse/silver/customers"] >= {"lakehouse/bronze/crm"}
+    assert flows["lakehouse/gold/customer_features"] >= {
+        "lakehouse/gold/customer_daily", "lakehouse/silver/customers", "lakehouse/silver/events"}
+    assert flows["lakehouse/gold/segment_membership"] >= {"lakehouse/gold/customer_features"}
+    assert flows["lakehouse/gold/product_recommendations"] >= {"lakehouse/silver/events", "lakehouse/silver/products"}
+    assert {"lakehouse/bronze/events", "lakehouse/silver/events", "lakehouse/ops/job_runs"} <= set(flows)
