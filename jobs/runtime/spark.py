@@ -59,6 +59,9 @@ TEST_PROFILE_CONFS: dict[str, str] = {
     # Per-file column statistics (a JSON aggregation in every write) only serve data skipping,
     # which tables this small never need: 111 s against 123 s.
     "spark.databricks.delta.stats.collect": "false",
+    # The status store keeps each finished query's plan as text for a UI this profile turns off:
+    # the largest share of what outlived its test in a heap sample of the cleanse tests.
+    "spark.sql.ui.retainedExecutions": "100",
 }
 
 
