@@ -138,7 +138,7 @@ def test_the_packaged_pipeline_runs_on_a_standalone_cluster_over_s3a(moto_endpoi
                "spark.openlineage.transport.location": str(tmp_path / "lineage.jsonl")}
     submit = subprocess.run(
         [str(SPARK_HOME / "bin" / "spark-submit"), "--master", url, "--jars", ",".join(str(j) for j in jars),
-         "--py-files", str(bundle / "lakehouse.zip"), "--packages", OPENLINEAGE,  # the README's lineage block
+         "--py-files", str(bundle / "lakehouse.zip"), "--packages", OPENLINEAGE,
          *[a for key, value in lineage.items() for a in ("--conf", f"{key}={value}")],
          "--conf", "spark.executor.memory=512m", "--conf", "spark.driver.memory=1g",
          "--conf", f"spark.pyspark.python={sys.executable}",

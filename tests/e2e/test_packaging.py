@@ -31,10 +31,6 @@ def _build_wheel(work: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(work / "wheels"), str(source)], check=True, capture_output=True, timeout=300)
     [wheel] = (work / "wheels").glob("email_lakehouse-*.whl")
-    with zipfile.ZipFile(wheel) as archive:  # every module of the sources, so every stage imports
-        modules = {name for name in archive.namelist() if name.endswith(".py")}
-    assert modules >= {p.relative_to(source).as_posix() for package in ("jobs", "transforms")
-                       for p in (source / package).rglob("*.py")}
     return wheel
 
 
@@ -57,12 +53,16 @@ def _fresh_environment(work: Path, wheel: Path) -> Path:
 @pytest.mark.slow
 def test_the_wheel_in_a_fresh_environment_holds_every_module_and_lands_elsewhere_into_named_tables(tmp_path):
     wheel = _build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:  # every module of the sources, so every stage imports
+        modules = {name for name in archive.namelist() if name.endswith(".py")}
+    assert modules >= {p.relative_to(REPO).as_posix() for package in ("jobs", "transforms")
+                       for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts}
     venv = _fresh_environment(tmp_path, wheel)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home())}  # no LAKEHOUSE_* variable
 
     def lakehouse(*args: str) -> subprocess.CompletedProcess:
-        env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home())}  # no LAKEHOUSE_* variable
         return subprocess.run([str(venv / "bin" / "lakehouse"), *args], cwd=elsewhere, env=env,
                               capture_output=True, text=True, timeout=600, check=False)
 
@@ -97,8 +97,7 @@ def test_the_wheel_in_a_fresh_environment_holds_every_module_and_lands_elsewhere
     query = ("from jobs.tools.notebook import open_lakehouse; lh = open_lakehouse(%r); "
              "print(lh.spark.sql('SELECT count(*) FROM bronze.events').first()[0], lh.table('bronze.events').count(), "
              "lh.spark.sql('SELECT count(*) FROM ops.job_runs').first()[0])")
-    by_name = subprocess.run([str(venv / "bin" / "python"), "-c", query % str(elsewhere / "lakehouse")], cwd=tmp_path,
-                             env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home())},
+    by_name = subprocess.run([str(venv / "bin" / "python"), "-c", query % str(elsewhere / "lakehouse")], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300, check=False)
     assert by_name.returncode == 0, by_name.stderr
     named, by_path, runs = by_name.stdout.split()
