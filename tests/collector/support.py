@@ -1,4 +1,5 @@
-"""The collector tests' keys and a handle on a running collector (the fixture is in tests/conftest.py)."""
+"""The collector tests' keys, an event and its auth header, and a handle on a running collector (the
+fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ ENV_KEY = "test-app-key-abcdefghij"
 CLIENT_SECRET = "client-secret-0123456789"
 TOKEN_KEY = "token-signing-key-0123456789abcdef0123"
 SITE_KEY = "site-public-key-1"
+EVENT = {"event_type": "add_to_cart", "timestamp": "2026-11-30T10:00:00Z", "customer_id": "c1",
+         "session_id": "s1", "product_id": "p1", "properties": {"price": 19.5, "currency": "EUR"}}
+
+
+def bearer(key: str = API_KEY) -> dict[str, str]:
+    """The header that sends ``key`` as a bearer token."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 def collector_overrides(tmp_path: Path, *extra: str) -> list[str]:

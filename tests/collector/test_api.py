@@ -12,14 +12,7 @@ import pytest
 
 from jobs.collector.auth import Authenticator
 from jobs.runtime.secrets import SecretSource
-from tests.collector.support import API_KEY, CLIENT_SECRET, ENV_KEY, SITE_KEY, TOKEN_KEY
-
-EVENT = {"event_type": "add_to_cart", "timestamp": "2026-11-30T10:00:00Z", "customer_id": "c1",
-         "session_id": "s1", "product_id": "p1", "properties": {"price": 19.5, "currency": "EUR"}}
-
-
-def bearer(key: str = API_KEY) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.collector.support import API_KEY, CLIENT_SECRET, ENV_KEY, EVENT, SITE_KEY, TOKEN_KEY, bearer
 
 
 def token(client, client_id: str = "shop-backend", secret: str = CLIENT_SECRET, **form: str) -> httpx.Response:

@@ -18,8 +18,7 @@ from pyspark.sql import functions as F
 from jobs.collector.serve import free_port
 from jobs.runtime.tables import read_table
 from jobs.stages.ingest import ingest, landed_files
-from tests.collector.support import API_KEY, collector_overrides
-from tests.collector.test_api import EVENT, bearer
+from tests.collector.support import API_KEY, EVENT, bearer, collector_overrides
 
 
 def _bronze(spark, settings):

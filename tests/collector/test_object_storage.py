@@ -7,8 +7,7 @@ import json
 import boto3
 import httpx
 
-from tests.collector.support import API_KEY
-from tests.collector.test_api import EVENT, bearer
+from tests.collector.support import API_KEY, EVENT, bearer
 
 
 def _objects(bucket: str) -> dict[str, bytes]:
