@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from jobs.rules.segments import load_segments
 from jobs.runtime.errors import ConfigError
+from jobs.runtime.settings import load_settings
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
 from jobs.stages.features import build_features, rebuild_daily_state
 from jobs.stages.segment import diff, history, membership_at, run_segments
@@ -32,8 +33,11 @@ def _event(i, customer, kind, ts, product=None):
             "price": Decimal("10.00") if product else None}
 
 
-@pytest.fixture
-def gold_lakehouse(spark, settings):
+@pytest.fixture(scope="module")
+def _gold_template(spark, tmp_path_factory):
+    """Four customers' silver events around T0 and their daily state: built once, copied per test."""
+    base = tmp_path_factory.mktemp("gold")
+    settings = load_settings("local", overrides=[f"lakehouse.root={base / 'lakehouse'}", "spark.profile=test"])
     naive = T0.replace(tzinfo=None)
     _write(spark, settings, "silver.events", [
         _event(1, "C1", "cart_abandonment", naive - timedelta(hours=23, minutes=30)),  # in at T0, out at T0+1h
@@ -45,6 +49,12 @@ def gold_lakehouse(spark, settings):
         {"customer_id": "C4", "city": "New York", "birth_date": date(1996, 1, 1), "email_consent": True},
     ], CUSTOMERS_SCHEMA)
     rebuild_daily_state(spark, settings)
+    return base / "lakehouse"
+
+
+@pytest.fixture
+def gold_lakehouse(_gold_template, settings):
+    shutil.copytree(_gold_template, settings.lakehouse.root)
     return settings
 
 
