@@ -97,8 +97,8 @@ def test_the_wheel_in_a_fresh_environment_holds_every_module_and_lands_elsewhere
     query = ("from jobs.tools.notebook import open_lakehouse; lh = open_lakehouse(%r); "
              "print(lh.spark.sql('SELECT count(*) FROM bronze.events').first()[0], lh.table('bronze.events').count(), "
              "lh.spark.sql('SELECT count(*) FROM ops.job_runs').first()[0])")
-    by_name = subprocess.run([str(venv / "bin" / "python"), "-c", query % str(elsewhere / "lakehouse")], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300, check=False)
+    by_name = subprocess.run([str(venv / "bin" / "python"), "-c", query % str(elsewhere / "lakehouse")], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300, check=False)
     assert by_name.returncode == 0, by_name.stderr
     named, by_path, runs = by_name.stdout.split()
     lines = json.loads((elsewhere / "landing" / "manifest.json").read_text())["events"]["lines"]

@@ -13,12 +13,6 @@ from jobs.stages.segment import run_segments
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-def _append(spark, settings, key, rows, schema, mode="append"):
-    names = schema.fieldNames()
-    spark.createDataFrame([{**dict.fromkeys(names), **r} for r in rows], schema).write.format("delta").mode(
-        mode).save(table_path(settings.lakehouse.root, key))
-
-
 def _customer(cid, consent=True):
     return {"customer_id": cid, "email": f"{cid.lower()}@example.com", "first_name": cid, "email_consent": consent,
             "birth_date": date(1990, 1, 1), "city": "Boston", "updated_at": datetime(2026, 1, 1)}
@@ -58,14 +52,27 @@ def deliveries_per_customer(spark):
     return count
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_rows(spark):
     """``write_rows(settings, key, rows, schema, mode="append")``: rows as dicts (missing columns null)."""
 
     def write(settings, key, rows, schema, mode="append"):
-        _append(spark, settings, key, rows, schema, mode)
+        names = schema.fieldNames()
+        spark.createDataFrame([{**dict.fromkeys(names), **r} for r in rows], schema).write.format("delta").mode(
+            mode).save(table_path(settings.lakehouse.root, key))
 
     return write
+
+
+@pytest.fixture(scope="session")
+def template_settings(tmp_path_factory):
+    """``template_settings(name)``: settings of a new lakehouse to build once and copy for each test."""
+
+    def make(name):
+        base = tmp_path_factory.mktemp(name)
+        return load_settings("local", overrides=[f"lakehouse.root={base / 'lakehouse'}", "spark.profile=test"])
+
+    return make
 
 
 @pytest.fixture
@@ -81,19 +88,18 @@ def cart_event():
 
 
 @pytest.fixture(scope="session")
-def _carts_lakehouse(spark, tmp_path_factory):
+def _carts_lakehouse(spark, template_settings, write_rows):
     """Six customers who abandoned a cart 1-6 hours before T0 (C6 without consent), with gold
     features and segment membership as of T0; built once, copied for each test."""
-    base = tmp_path_factory.mktemp("carts")
-    settings = load_settings("local", overrides=[f"lakehouse.root={base / 'lakehouse'}", "spark.profile=test"])
+    settings = template_settings("carts")
     naive = T0.replace(tzinfo=None)
-    _append(spark, settings, "silver.events",
-            [_cart(i, f"C{i}", naive - timedelta(hours=i)) for i in range(1, 7)], SILVER_EVENTS_SCHEMA)
-    _append(spark, settings, "silver.customers",
-            [_customer(f"C{i}", consent=i != 6) for i in range(1, 7)], CUSTOMERS_SCHEMA)
+    write_rows(settings, "silver.events",
+               [_cart(i, f"C{i}", naive - timedelta(hours=i)) for i in range(1, 7)], SILVER_EVENTS_SCHEMA)
+    write_rows(settings, "silver.customers",
+               [_customer(f"C{i}", consent=i != 6) for i in range(1, 7)], CUSTOMERS_SCHEMA)
     rebuild_daily_state(spark, settings)
     run_segments(spark, settings, T0)
-    return base / "lakehouse"
+    return settings.lakehouse.root
 
 
 @pytest.fixture

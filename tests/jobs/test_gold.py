@@ -9,20 +9,12 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from jobs.rules.segments import load_segments
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.settings import load_settings
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, SILVER_EVENTS_SCHEMA, read_table, table_path
 from jobs.stages.features import build_features, rebuild_daily_state
 from jobs.stages.segment import diff, history, membership_at, run_segments
 from tests.conftest import REPO
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def _write(spark, settings, key, rows, schema):
-    names = schema.fieldNames()
-    data = [{**dict.fromkeys(names), **row} for row in rows]
-    spark.createDataFrame(data, schema).write.format("delta").mode("append").save(
-        table_path(settings.lakehouse.root, key))
 
 
 def _event(i, customer, kind, ts, product=None):
@@ -34,22 +26,21 @@ def _event(i, customer, kind, ts, product=None):
 
 
 @pytest.fixture(scope="module")
-def _gold_template(spark, tmp_path_factory):
+def _gold_template(spark, template_settings, write_rows):
     """Four customers' silver events around T0 and their daily state: built once, copied per test."""
-    base = tmp_path_factory.mktemp("gold")
-    settings = load_settings("local", overrides=[f"lakehouse.root={base / 'lakehouse'}", "spark.profile=test"])
+    settings = template_settings("gold")
     naive = T0.replace(tzinfo=None)
-    _write(spark, settings, "silver.events", [
+    write_rows(settings, "silver.events", [
         _event(1, "C1", "cart_abandonment", naive - timedelta(hours=23, minutes=30)),  # in at T0, out at T0+1h
         _event(2, "C2", "add_to_cart", naive - timedelta(minutes=30), "P1"),  # window passes by T0+1h: enters
         _event(3, "C3", "add_to_cart", naive - timedelta(hours=3), "P2"),  # in at both times
         _event(4, "C4", "product_view", naive - timedelta(days=1), "P3"),
     ], SILVER_EVENTS_SCHEMA)
-    _write(spark, settings, "silver.customers", [
+    write_rows(settings, "silver.customers", [
         {"customer_id": "C4", "city": "New York", "birth_date": date(1996, 1, 1), "email_consent": True},
     ], CUSTOMERS_SCHEMA)
     rebuild_daily_state(spark, settings)
-    return base / "lakehouse"
+    return settings.lakehouse.root
 
 
 @pytest.fixture
