@@ -555,3 +555,16 @@ def dates_in(column: str, dates: Iterable[date]) -> str:
         return "FALSE"
     literals = ", ".join("DATE'" + d.isoformat() + "'" for d in listed)
     return f"{column} IN ({literals})"
+
+
+def text_in(column: str, values: Iterable[str]) -> str:
+    """``column IN (values)`` as SQL text, for ``F.expr``: parsed in one call, where ``Column.isin``
+    makes a Py4J call per value (measured: 10,000 ids 8.5 s, the text 0.03 s). Each value is a
+    literal of itself: quotes and backslashes escaped, and ``$`` written ``\\u0024``, so the parser's
+    ``${name}`` substitution cannot touch it."""
+    listed = sorted(set(values))
+    if not listed:
+        return "FALSE"
+    literals = ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'").replace("$", "\\u0024") + "'"
+                         for v in listed)
+    return f"{column} IN ({literals})"

@@ -61,6 +61,7 @@ from jobs.runtime.tables import (
     read_or_empty,
     spec,
     table_path,
+    text_in,
 )
 from transforms.gold_state import STATE_EVENT_COLUMNS, daily_aggregates
 from transforms.silver_customers import (
@@ -247,11 +248,10 @@ def _small(frame: DataFrame, broadcast: bool) -> DataFrame:
     return F.broadcast(frame) if broadcast else frame
 
 
-def _near_columns() -> dict[str, Column]:
-    """The keys an earlier row can share with a batch's row for a window rule to pair them: its
-    session or device (bot rate), its identity (double-loads)."""
-    return {"session_id": F.col("session_id"), "anonymous_id": F.col("anonymous_id"),
-            "_identity": F.coalesce("customer_id", "anonymous_id")}
+# The keys an earlier row can share with a batch's row for a window rule to pair them (SQL): its
+# session or device (bot rate), its identity (double-loads).
+NEAR_KEYS = {"session_id": "session_id", "anonymous_id": "anonymous_id",
+             "_identity": "coalesce(customer_id, anonymous_id)"}
 
 
 Lookups = tuple[Callable[[DataFrame], DataFrame], Callable[[DataFrame], DataFrame], Callable[[DataFrame], DataFrame]]
@@ -260,11 +260,12 @@ Lookups = tuple[Callable[[DataFrame], DataFrame], Callable[[DataFrame], DataFram
 def _listed_lookups(parsed: DataFrame) -> Lookups:
     """For a small batch: its ids and keys, collected once, become plain filters of the scans of
     earlier rows. (Rows sharing an id, rows near by a key, how to hand the judged ids on.)"""
-    columns = {"event_id": F.col("event_id"), **_near_columns()}
-    listed = parsed.agg(*[F.collect_set(c).alias(n) for n, c in columns.items()]).first()
-    near = reduce(or_, [column.isin(listed[name]) for name, column in _near_columns().items()])
-    return (lambda frame: frame.where(F.col("event_id").isin(listed["event_id"])),
-            lambda frame: frame.where(near), F.broadcast)
+    keys = {"event_id": "event_id", **NEAR_KEYS}
+    listed = parsed.agg(*[F.collect_set(F.expr(key)).alias(name) for name, key in keys.items()]).first()
+    # as SQL text (see text_in): Column.isin would make a Py4J call per value
+    same = F.expr(text_in("event_id", listed["event_id"]))
+    near = F.expr(" OR ".join(text_in(key, listed[name]) for name, key in NEAR_KEYS.items()))
+    return lambda frame: frame.where(same), lambda frame: frame.where(near), F.broadcast
 
 
 def _joined_lookups(parsed: DataFrame, broadcast: bool) -> Lookups:
@@ -276,13 +277,13 @@ def _joined_lookups(parsed: DataFrame, broadcast: bool) -> Lookups:
 
 
 def _near_keys(earlier: DataFrame, batch: DataFrame, broadcast: bool) -> DataFrame:
-    """Rows of earlier batches a window rule can pair with this batch's rows (:func:`_near_columns`).
+    """Rows of earlier batches a window rule can pair with this batch's rows (:data:`NEAR_KEYS`).
     One pass: the batch's keys are small, so each is a lookup join."""
     flags = []
-    for key, column in _near_columns().items():
-        values = batch.select(column.alias(key)).where(F.col(key).isNotNull()).distinct()
+    for key, column in NEAR_KEYS.items():
+        values = batch.select(F.expr(column).alias(key)).where(F.col(key).isNotNull()).distinct()
         flag = f"_near_{key}"
-        earlier = earlier.withColumn(key, column) if key == "_identity" else earlier
+        earlier = earlier.withColumn(key, F.expr(column)) if key == "_identity" else earlier
         earlier = earlier.join(_small(values.withColumn(flag, F.lit(True)), broadcast), key, "left")
         flags.append(flag)
     near = earlier.where(reduce(or_, [F.col(flag).isNotNull() for flag in flags]))

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.runtime.tables import read_table
+from jobs.runtime.tables import read_table, text_in
 from jobs.stages.cleanse import DataQualityFailure, cleanse
 from jobs.stages.ingest import ingest
 from tests.conftest import REPO, TEST_DATA
@@ -121,6 +121,16 @@ def _turned_away_once():
             "product_id": "P1", "url": "/p/P1", "user_agent": "Mozilla/5.0"}
     return [view, view | {"event_id": "v2", "timestamp": "2026-11-19T10:00:01Z"},
             view | {"event_id": "v3", "user_agent": "Googlebot/2.1", "url": "/"}]
+
+
+def test_a_batch_s_listed_keys_match_ids_with_quotes_backslashes_and_placeholders_exactly(spark):
+    # A small batch's ids filter the earlier rows as SQL text: what a device sends must match itself only.
+    listed = ["it's", "back\\slash", "${spark.app.name}", "\\u0041", "line\nbreak", "ünï"]
+    others = ["its", "back\\\\slash", "A", "u0041", "test", "line break"]
+    frame = spark.createDataFrame([(v,) for v in listed + others], "id string")
+    found = sorted(r["id"] for r in frame.where(F.expr(text_in("id", listed))).collect())
+    assert found == sorted(listed)
+    assert frame.where(F.expr(text_in("id", []))).isEmpty()
 
 
 def test_a_redelivered_file_cannot_let_through_what_was_turned_away(spark, settings):
