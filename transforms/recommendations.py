@@ -8,7 +8,8 @@ recommendations as of a past time do not move when later events land.
    purchases 5; per session (``session_id``, else the identity and day) a product counts with its
    strongest interaction, and a session keeps at most ``max_products_per_session`` products.
 2. **Similarity** of two products: the cosine of their session vectors,
-   ``Σ w_a·w_b / (‖a‖·‖b‖)`` over the sessions holding both.
+   ``Σ w_a·w_b / (‖a‖·‖b‖)`` over the sessions holding both; each product keeps its
+   ``max_similar_products`` most similar (ties by ``product_id``), its neighbourhood.
 3. **Candidates** for a customer: ``Σ seed weight × similarity`` over the products the customer
    interacted with in the last ``seed_days`` (reason ``co_occurrence``); then the most popular
    products (by summed weight) of the categories the customer interacted with, weighted by how
@@ -49,6 +50,7 @@ class RecsConfig:
     exclude_bought_days: int = 30
     top_n: int = 8
     max_products_per_session: int = 50
+    max_similar_products: int = 20
 
 
 def _weight() -> Column:
@@ -82,7 +84,8 @@ def interactions(as_of: datetime, config: RecsConfig) -> Transform:
 
 
 def item_similarity(config: RecsConfig) -> Transform:
-    """Interactions -> ``seed, product_id, similarity`` (cosine over sessions, both directions)."""
+    """Interactions -> ``seed, product_id, similarity`` (cosine over sessions, both directions; the
+    ``max_similar_products`` most similar of each seed)."""
 
     def transform(window: DataFrame) -> DataFrame:
         per_session = window.groupBy("session", "product_id").agg(F.max("weight").alias("w"))
@@ -96,8 +99,11 @@ def item_similarity(config: RecsConfig) -> Transform:
                  .agg(F.sum(F.col("a.w") * F.col("b.w")).alias("dot")))
         seed_norms = norms.select(F.col("product_id").alias("seed"), F.col("norm").alias("seed_norm"))
         cosine = F.col("dot") / (F.col("seed_norm") * F.col("norm"))
-        return pairs.join(seed_norms, "seed").join(norms, "product_id").select(
-            "seed", "product_id", cosine.alias("similarity"))
+        nearest = Window.partitionBy("seed").orderBy(F.desc("similarity"), "product_id")
+        return (pairs.join(seed_norms, "seed").join(norms, "product_id")
+                .select("seed", "product_id", cosine.alias("similarity"))
+                .withColumn("_n", F.row_number().over(nearest))
+                .where(F.col("_n") <= config.max_similar_products).drop("_n"))
 
     return transform
 

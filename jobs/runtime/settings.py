@@ -128,6 +128,9 @@ class RecommendationSettings(Frozen):
     exclude_bought_days: int = Field(default=30, ge=0, description="Products bought this recently are not shown.")
     top_n: int = Field(default=8, ge=1, le=100, description="Recommendations per customer.")
     max_products_per_session: int = Field(default=50, ge=2, description="A longer session keeps its strongest.")
+    max_similar_products: int = Field(
+        default=20, ge=1, description="Each product's neighbourhood: the products most similar to it that its "
+        "viewers can be recommended through it.")
     refresh_minutes: float = Field(
         default=60, ge=0, description="In run and stream, recommendations built less than this before the run's "
         "time are kept (no job, no commit); 0 rebuilds every run. lakehouse recs build always builds.")

@@ -88,6 +88,19 @@ def test_ranks_scores_reasons_exclusions_and_ties(spark):
     assert_approx_df_equality(_ordered(recs), _expected(spark, EXPECTED), 1e-9, ignore_nullable=True)
 
 
+def test_a_seed_recommends_only_its_nearest_neighbours(spark):
+    # One neighbour each: P1 -> P2 and P2 -> P1 (2/3), P3 -> P1 (1/9, tied with P2: by id), P4 none.
+    # C1 no longer reaches P3 through P1 and P2; C2 reaches P2 only through P1, not through P3.
+    recs = _events(spark).transform(recommend(_customers(spark, "C1", "C2"), AS_OF,
+                                              RecsConfig(top_n=4, max_similar_products=1)))
+    assert_approx_df_equality(_ordered(recs), _expected(spark, [
+        ("C1", 1, "P1", TWO_THIRDS, "co_occurrence"), ("C1", 2, "P2", TWO_THIRDS, "co_occurrence"),
+        ("C1", 3, "P4", 2 * 3.0, "popular_in_category"), ("C1", 4, "P3", 7.0, "popular"),
+        ("C2", 1, "P1", TWO_THIRDS + 5 * NINTH, "co_occurrence"), ("C2", 2, "P2", TWO_THIRDS, "co_occurrence"),
+        ("C2", 3, "P4", 2 * 3.0, "popular_in_category"),
+    ]), 1e-9, ignore_nullable=True)
+
+
 def test_later_and_older_events_do_not_count_and_top_n_cuts(spark):
     extra = [("S7", "C3", None, "purchase", "P4", AS_OF + timedelta(minutes=1)),  # after as_of
              ("S8", "C3", None, "purchase", "P1", AS_OF - timedelta(days=31))]  # before the look-back
