@@ -274,12 +274,30 @@ def validate_events(processed_at: datetime, max_clock_skew_minutes: float) -> Tr
     return transform
 
 
-def flag_bot_agents(user_agent_regex: str) -> Transform:
-    """``bot_user_agent`` for known bot signatures."""
+def match_bot_agents(user_agent_regex: str) -> Transform:
+    """``_bot_agent``: whether the row's user agent matches, the expression run once per distinct
+    agent instead of once per row (a large batch holds a few dozen agents, and the shipped
+    signatures cost ~13 µs a row: 13 s for a million) and the bot agents found joined back,
+    broadcast. :func:`flag_bot_agents` judges by it when it is there."""
 
     def transform(df: DataFrame) -> DataFrame:
-        is_bot = ~F.col("_neighbour") & F.col("user_agent").rlike(user_agent_regex)
-        return _judge(df, STEP["bot_user_agent"], is_bot, "bot_user_agent")
+        agents = df.where(F.col("user_agent").isNotNull()).groupBy("user_agent").agg(
+            F.any_value("user_agent").alias("_agent"))  # a filter on an aggregate's output stays above it
+        bots = agents.where(F.col("_agent").rlike(user_agent_regex)).select(
+            "user_agent", F.lit(True).alias("_bot_agent"))
+        return df.join(F.broadcast(bots), "user_agent", "left").select(
+            *df.columns, F.col("_bot_agent").isNotNull().alias("_bot_agent"))
+
+    return transform
+
+
+def flag_bot_agents(user_agent_regex: str) -> Transform:
+    """``bot_user_agent`` for known bot signatures (by ``_bot_agent`` when :func:`match_bot_agents`
+    gave it)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        matched = F.col("_bot_agent") if "_bot_agent" in df.columns else F.col("user_agent").rlike(user_agent_regex)
+        return _judge(df, STEP["bot_user_agent"], ~F.col("_neighbour") & matched, "bot_user_agent").drop("_bot_agent")
 
     return transform
 
@@ -417,11 +435,14 @@ def rejected_as_parsed(event_types: Mapping[str, str]) -> Transform:
 
 
 def judge_rows(processed_at: datetime, max_clock_skew_minutes: float, user_agent_regex: str,
-               existing: DataFrame | None, few_repeats: bool = True) -> Transform:
+               existing: DataFrame | None, few_repeats: bool = True, per_agent: bool = False) -> Transform:
     """Steps 1-4, each row on its own (and duplicates against ``existing``): parsed rows with ids
-    (:func:`parse_events`, :func:`assign_event_ids`) in, judged so far out."""
+    (:func:`parse_events`, :func:`assign_event_ids`) in, judged so far out. ``per_agent`` (a
+    large batch): bot signatures are matched once per distinct user agent (:func:`match_bot_agents`)."""
 
     def transform(df: DataFrame) -> DataFrame:
+        if per_agent:  # on the parsed rows, whose agents are a projection of the scan
+            df = df.transform(match_bot_agents(user_agent_regex))
         return (
             df.transform(reject_corrupt)
             .transform(mark_duplicates(existing, few_repeats))

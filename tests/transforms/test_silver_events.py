@@ -15,6 +15,7 @@ from transforms.silver_events import (
     identity_pairs,
     mark_double_loads,
     mark_duplicates,
+    match_bot_agents,
     parse_events,
     parse_timestamp,
     reject_corrupt,
@@ -192,7 +193,8 @@ def test_repeats_of_events_already_in_silver_are_duplicates_across_batches(spark
     assert conflict.first()["_reasons"] == ["duplicate_conflict"]
 
 
-def test_bot_user_agents_are_rejected_browsers_are_not(spark):
+@pytest.mark.parametrize("per_agent", [False, True], ids=["row by row", "once per agent"])
+def test_bot_user_agents_are_rejected_browsers_are_not(spark, per_agent):
     agents = {
         "google": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
         "requests": "python-requests/2.32.3",
@@ -201,10 +203,14 @@ def test_bot_user_agents_are_rejected_browsers_are_not(spark):
         "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1",
         "chrome": BROWSER,
     }
-    df = bronze(spark, *[ev(k, user_agent=v) for k, v in agents.items()]).transform(prepared).transform(
-        mark_duplicates(None)).transform(flag_bots(BOTS.user_agent_regex, 60))
+    df = bronze(spark, *[ev(k, user_agent=v) for k, v in agents.items()], ev("none", user_agent=None)).transform(
+        prepared)
+    if per_agent:
+        df = df.transform(match_bot_agents(BOTS.user_agent_regex))
+    df = df.transform(mark_duplicates(None)).transform(flag_bots(BOTS.user_agent_regex, 60))
+    assert "_bot_agent" not in df.columns
     assert_judged(spark, df, [(k, ["bot_user_agent"], False) for k in ("google", "requests", "headless", "curl")]
-                  + [("iphone", [], False), ("chrome", [], False)])
+                  + [("iphone", [], False), ("chrome", [], False), ("none", [], False)])
 
 
 def _burst(prefix, count, seconds_apart, key, start_s=0):
