@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jobs.runtime.errors import ConfigError
 from transforms.bronze import COLUMNS_BY_KIND, FieldMapping
+from transforms.recommendations import RecsConfig
 
 DEFAULT_ENV = "local"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -122,15 +123,24 @@ class GoldSettings(Frozen):
     )
 
 
+_RECS = RecsConfig()  # the transform's defaults, declared there once
+
+
 class RecommendationSettings(Frozen):
-    lookback_days: int = Field(default=30, ge=1, description="Sessions whose co-occurrences and popularity count.")
-    seed_days: int = Field(default=7, ge=1, description="A customer's interactions of these days seed their recs.")
-    exclude_bought_days: int = Field(default=30, ge=0, description="Products bought this recently are not shown.")
-    top_n: int = Field(default=8, ge=1, le=100, description="Recommendations per customer.")
-    max_products_per_session: int = Field(default=50, ge=2, description="A longer session keeps its strongest.")
+    """:class:`transforms.recommendations.RecsConfig`'s fields, validated, and how often run refreshes."""
+
+    lookback_days: int = Field(default=_RECS.lookback_days, ge=1,
+                               description="Sessions whose co-occurrences and popularity count.")
+    seed_days: int = Field(default=_RECS.seed_days, ge=1, description="A customer's interactions of these days seed "
+                           "their recs.")
+    exclude_bought_days: int = Field(default=_RECS.exclude_bought_days, ge=0,
+                                     description="Products bought this recently are not shown.")
+    top_n: int = Field(default=_RECS.top_n, ge=1, le=100, description="Recommendations per customer.")
+    max_products_per_session: int = Field(default=_RECS.max_products_per_session, ge=2,
+                                          description="A longer session keeps its strongest.")
     max_similar_products: int = Field(
-        default=20, ge=1, description="Each product's neighbourhood: the products most similar to it that its "
-        "viewers can be recommended through it.")
+        default=_RECS.max_similar_products, ge=1, description="Each product's neighbourhood: the products most "
+        "similar to it that its viewers can be recommended through it.")
     refresh_minutes: float = Field(
         default=60, ge=0, description="In run and stream, recommendations built less than this before the run's "
         "time are kept (no job, no commit); 0 rebuilds every run. lakehouse recs build always builds.")

@@ -102,11 +102,12 @@ CUSTOMERS, HISTORY, REJECTED_CUSTOMERS = "silver.customers", "silver.customers_h
 DAILY = "gold.customer_daily"
 PRODUCTS, REJECTED_PRODUCTS = "silver.products", "silver.rejected_products"
 SILVER_COLUMNS = tuple(SILVER_EVENTS_SCHEMA.fieldNames())
-# Up to this many rows, a batch's keys are collected and filter the scans of earlier rows (and
-# bot signatures are matched row by row; beyond, once per distinct user agent); up to the second,
-# they are broadcast to find earlier rows that share them; beyond, joined.
+# Up to this many rows, a batch's keys are collected and filter the scans of earlier rows; up to
+# the second, they are broadcast to find earlier rows that share them; beyond, joined.
 LISTED_BATCH_ROWS = 20_000
 BROADCAST_BATCH_ROWS = 250_000
+# Beyond this many rows, bot signatures are matched once per distinct user agent, not per row.
+PER_AGENT_BATCH_ROWS = 20_000
 
 
 class DataQualityFailure(LakehouseError):
@@ -375,7 +376,7 @@ def _cleanse_batch(spark: SparkSession, settings: Settings, batch: Batch, parsed
     # Repeats are few within a batch, and among earlier events only a small batch can have many.
     few_repeats = known is None or bronze_rows <= BROADCAST_BATCH_ROWS
     rows = parsed.transform(judge_rows(utc_now(), cleanse.max_clock_skew_minutes, bot_regex, known, few_repeats,
-                                       per_agent=bronze_rows > LISTED_BATCH_ROWS))
+                                       per_agent=bronze_rows > PER_AGENT_BATCH_ROWS))
     if neighbours is not None:
         rows = rows.unionByName(neighbours, allowMissingColumns=True)
     # Cut here: the window rules read the rows several times, and without this checkpoint each

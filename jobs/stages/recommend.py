@@ -39,10 +39,7 @@ CONTENT = ("customer_id", "rank", "product_id", "score", "reason")  # every colu
 
 
 def config(settings: Settings) -> RecsConfig:
-    r = settings.recommendations
-    return RecsConfig(lookback_days=r.lookback_days, seed_days=r.seed_days, exclude_bought_days=r.exclude_bought_days,
-                      top_n=r.top_n, max_products_per_session=r.max_products_per_session,
-                      max_similar_products=r.max_similar_products)
+    return RecsConfig(**_config(settings))
 
 
 def compute_recommendations(spark: SparkSession, settings: Settings, as_of: datetime,

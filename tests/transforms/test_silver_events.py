@@ -207,7 +207,7 @@ def test_bot_user_agents_are_rejected_browsers_are_not(spark, per_agent):
         prepared)
     if per_agent:
         df = df.transform(match_bot_agents(BOTS.user_agent_regex))
-    df = df.transform(mark_duplicates(None)).transform(flag_bots(BOTS.user_agent_regex, 60))
+    df = df.transform(mark_duplicates(None)).transform(flag_bots(BOTS.user_agent_regex, 60, by_agent=per_agent))
     assert "_bot_agent" not in df.columns
     assert_judged(spark, df, [(k, ["bot_user_agent"], False) for k in ("google", "requests", "headless", "curl")]
                   + [("iphone", [], False), ("chrome", [], False), ("none", [], False)])
