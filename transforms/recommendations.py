@@ -148,6 +148,13 @@ def recommend(customers: DataFrame, as_of: datetime, config: RecsConfig, out_of_
                                                                               "left_anti")
         if out_of_stock is not None:
             candidates = candidates.join(F.broadcast(out_of_stock.select("product_id")), "product_id", "left_anti")
+        # Within a tier a product appears once, so the first top_n of each tier (after the
+        # exclusions) hold every row the ranking below can reach: a product of a later tier is only
+        # needed when the earlier tiers hold fewer than top_n products. All three windows are within
+        # a customer: one shuffle, and the last two sort at most 3 x top_n rows per customer.
+        candidates = candidates.repartition("customer_id")
+        per_tier = Window.partitionBy("customer_id", "tier").orderBy(F.desc("score"), "product_id")
+        candidates = candidates.withColumn("_n", F.row_number().over(per_tier)).where(F.col("_n") <= config.top_n)
         best = Window.partitionBy("customer_id", "product_id").orderBy("tier", F.desc("score"))
         order = Window.partitionBy("customer_id").orderBy("tier", F.desc("score"), "product_id")
         reason = F.element_at(F.array(*[F.lit(r) for r in REASONS]), F.col("tier") + 1)

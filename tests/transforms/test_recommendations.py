@@ -134,3 +134,11 @@ def test_hit_rate_and_mrr_against_the_next_product(spark, k, hits, mrr):
     [row] = recs.transform(hit_rate_and_mrr(truth, k)).collect()
     assert (row["customers"], row["hits"]) == (2, hits)
     assert row["hit_rate"] == pytest.approx(hits / 2) and row["mrr"] == pytest.approx(mrr)
+
+
+def test_a_tier_is_cut_to_top_n_after_the_exclusions(spark):
+    # C2's shoes and bags: P3 (7 x 7) leads popular_in_category but was bought; cut before the
+    # exclusion, P4 (6) would fall out of the tier and come back as merely popular (3).
+    recs = _events(spark).transform(recommend(_customers(spark, "C2"), AS_OF, RecsConfig(top_n=3)))
+    assert_approx_df_equality(_ordered(recs), _expected(spark, [r for r in EXPECTED if r[0] == "C2"]), 1e-9,
+                              ignore_nullable=True)
