@@ -278,7 +278,7 @@ def match_bot_agents(user_agent_regex: str) -> Transform:
     """``_bot_agent``: whether the row's user agent matches, the expression run once per distinct
     agent instead of once per row (a large batch holds a few dozen agents, and the shipped
     signatures cost ~13 µs a row: 13 s for a million) and the bot agents found joined back,
-    broadcast. :func:`flag_bot_agents` with ``by_agent`` judges by it."""
+    broadcast. :func:`flag_bot_agents` with ``per_agent`` judges by it."""
 
     def transform(df: DataFrame) -> DataFrame:
         agents = df.where(F.col("user_agent").isNotNull()).groupBy("user_agent").agg(
@@ -291,12 +291,12 @@ def match_bot_agents(user_agent_regex: str) -> Transform:
     return transform
 
 
-def flag_bot_agents(user_agent_regex: str, by_agent: bool = False) -> Transform:
-    """``bot_user_agent`` for known bot signatures; ``by_agent``: as :func:`match_bot_agents` found
+def flag_bot_agents(user_agent_regex: str, per_agent: bool = False) -> Transform:
+    """``bot_user_agent`` for known bot signatures; ``per_agent``: as :func:`match_bot_agents` found
     them (its ``_bot_agent``, dropped here)."""
 
     def transform(df: DataFrame) -> DataFrame:
-        matched = F.col("_bot_agent") if by_agent else F.col("user_agent").rlike(user_agent_regex)
+        matched = F.col("_bot_agent") if per_agent else F.col("user_agent").rlike(user_agent_regex)
         return _judge(df, STEP["bot_user_agent"], ~F.col("_neighbour") & matched, "bot_user_agent").drop("_bot_agent")
 
     return transform
@@ -330,12 +330,11 @@ def flag_bot_rate(max_events_per_minute: int) -> Transform:
     return transform
 
 
-def flag_bots(user_agent_regex: str, max_events_per_minute: int, by_agent: bool = False) -> Transform:
+def flag_bots(user_agent_regex: str, max_events_per_minute: int) -> Transform:
     """:func:`flag_bot_agents`, then :func:`flag_bot_rate`."""
 
     def transform(df: DataFrame) -> DataFrame:
-        return df.transform(flag_bot_agents(user_agent_regex, by_agent)).transform(
-            flag_bot_rate(max_events_per_minute))
+        return df.transform(flag_bot_agents(user_agent_regex)).transform(flag_bot_rate(max_events_per_minute))
 
     return transform
 
@@ -448,7 +447,7 @@ def judge_rows(processed_at: datetime, max_clock_skew_minutes: float, user_agent
             df.transform(reject_corrupt)
             .transform(mark_duplicates(existing, few_repeats))
             .transform(validate_events(processed_at, max_clock_skew_minutes))
-            .transform(flag_bot_agents(user_agent_regex, by_agent=per_agent))
+            .transform(flag_bot_agents(user_agent_regex, per_agent))
         )
 
     return transform

@@ -13,9 +13,9 @@ from transforms.silver_events import (
     classify_events,
     flag_bots,
     identity_pairs,
+    judge_rows,
     mark_double_loads,
     mark_duplicates,
-    match_bot_agents,
     parse_events,
     parse_timestamp,
     reject_corrupt,
@@ -203,11 +203,9 @@ def test_bot_user_agents_are_rejected_browsers_are_not(spark, per_agent):
         "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1",
         "chrome": BROWSER,
     }
-    df = bronze(spark, *[ev(k, user_agent=v) for k, v in agents.items()], ev("none", user_agent=None)).transform(
-        prepared)
-    if per_agent:
-        df = df.transform(match_bot_agents(BOTS.user_agent_regex))
-    df = df.transform(mark_duplicates(None)).transform(flag_bots(BOTS.user_agent_regex, 60, by_agent=per_agent))
+    rows = bronze(spark, *[ev(k, user_agent=v) for k, v in agents.items()], ev("none", user_agent=None))
+    df = rows.transform(parse_events(EVENT_TYPES)).transform(assign_event_ids).transform(
+        judge_rows(NOW, 10, BOTS.user_agent_regex, None, per_agent=per_agent))
     assert "_bot_agent" not in df.columns
     assert_judged(spark, df, [(k, ["bot_user_agent"], False) for k in ("google", "requests", "headless", "curl")]
                   + [("iphone", [], False), ("chrome", [], False), ("none", [], False)])
