@@ -32,6 +32,9 @@ ACKNOWLEDGED, REFUSED = "acknowledged", "refused"
 FEATURE_FIELDS = (
     "email", "first_name", "last_viewed_product", "last_viewed_category", "abandoned_products", "rfm_segment",
 )
+# Every feature column a sync reads (who may be sent: consent and an email; what: the fields):
+# a features change outside them changes nothing a destination is sent.
+SYNCED_FEATURE_COLUMNS = ("customer_id", "email_consent", *FEATURE_FIELDS)
 # Lists of {id, name, url, image_url, price}: the customer's recommendations in rank order, and
 # the products of their abandoned cart, so a platform's own templates can show them.
 PRODUCT_LISTS = ("recommended_products", "cart_items")
@@ -57,7 +60,8 @@ def desired_members(features: DataFrame, recommendations: DataFrame, products: D
     lists (:data:`PRODUCT_LISTS`, empty when none), and the hash of them all."""
 
     def transform(membership: DataFrame) -> DataFrame:
-        profile = features.where(F.col("email_consent") & F.col("email").isNotNull()).select(
+        synced = features.select(*SYNCED_FEATURE_COLUMNS)
+        profile = synced.where(F.col("email_consent") & F.col("email").isNotNull()).select(
             "customer_id", *FEATURE_FIELDS)
         members = membership.select("segment_id", "customer_id").join(profile, "customer_id")
         people = members.select("customer_id").distinct()

@@ -5,7 +5,9 @@ every customer's features as of ``as_of`` from that state plus the raw silver ev
 boundary days (:func:`transforms.gold_state.boundary_dates`), so its cost follows customers and
 active days, not history. The result replaces the table in one commit — unless it is the same
 as what the table holds (compared by a digest of every value but ``as_of``, kept in the commit's
-metadata), in which case nothing is written and the stage records the run alone.
+metadata), in which case nothing is written and the stage records the run alone. The commit also
+keeps a digest of the columns a sync reads (:data:`transforms.sync.SYNCED_FEATURE_COLUMNS`): when
+only other features moved (days since an event, an age), a sync has nothing to send and skips.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from jobs.runtime.tables import (
 from transforms.bronze import conform_to
 from transforms.gold_features import CUSTOMER_FEATURES_SCHEMA, FEATURE_COLUMNS
 from transforms.gold_state import STATE_EVENT_COLUMNS, boundary_dates, daily_aggregates, features_from_state
+from transforms.sync import SYNCED_FEATURE_COLUMNS
 
 FEATURES = "gold.customer_features"
 
@@ -37,14 +40,20 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def digest(frame: DataFrame, columns: list[str] | tuple[str, ...] | None = None) -> str:
-    """``rows:hash``, an order-free digest of ``columns`` (default: every feature but ``as_of``)
-    in one aggregation: what a gold table's commit keeps to tell a recomputation that changed
-    nothing."""
-    values = columns or [c for c in FEATURE_COLUMNS if c != "as_of"]
-    row = frame.agg(F.count(F.lit(1)).alias("n"),
-                    F.sum(F.xxhash64(*values).cast("decimal(38,0)")).alias("h")).first()
-    return f"{row['n']}:{row['h'] or 0}"
+CONTENT = tuple(c for c in FEATURE_COLUMNS if c != "as_of")
+
+
+def digests(frame: DataFrame, named: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Per name, ``rows:hash``, an order-free digest of those columns, all in one aggregation: what
+    a gold table's commit keeps to tell a recomputation that changed nothing (in them)."""
+    row = frame.agg(F.count(F.lit(1)).alias("n"), *[
+        F.sum(F.xxhash64(*columns).cast("decimal(38,0)")).alias(name) for name, columns in named.items()]).first()
+    return {name: f"{row['n']}:{row[name] or 0}" for name in named}
+
+
+def digest(frame: DataFrame, columns: tuple[str, ...] = CONTENT) -> str:
+    """:func:`digests` of one set of columns (default: every feature but ``as_of``)."""
+    return digests(frame, {"content": columns})["content"]
 
 
 def compute_features(spark: SparkSession, settings: Settings, as_of: datetime) -> DataFrame:
@@ -87,13 +96,15 @@ def features_stage(spark: SparkSession, settings: Settings, as_of: datetime, sta
     else:
         features = compute_features(spark, settings, as_of).persist()
         try:
-            content = digest(features)
+            # "synced": what a sync reads of them, so a sync can tell when a change sends nothing
+            found = digests(features, {"content": CONTENT, "synced": SYNCED_FEATURE_COLUMNS})
+            content = found["content"]
             last = last_commit_metadata(spark, path)
             if last.get("content") == content:
                 stage.details["unchanged_since"] = last.get("as_of")
             else:
                 overwrite(features, root, FEATURES, metadata={
-                    "run_id": stage.run_id, "as_of": as_of.isoformat(), "content": content, "inputs": inputs})
+                    "run_id": stage.run_id, "as_of": as_of.isoformat(), **found, "inputs": inputs})
         finally:
             features.unpersist()
     customers = int(content.split(":")[0])

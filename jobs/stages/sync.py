@@ -15,7 +15,9 @@ before it), so a run killed anywhere resumes without sending again what the ledg
 sent but not yet recorded is sent again with the same idempotency key.
 Once more than ``sync.fold_after_batches`` batches follow the state, the run folds them into it in
 one more commit, so what a sync reads stays bounded; a destination with no changes costs no
-commit and no request.
+commit and no request. A sync whose inputs are those of the last one (the membership version,
+the digest of the feature columns it reads, the recommendations and catalog versions, the
+segments and the destination's settings), which refused nothing, runs no Spark job at all.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from jobs.runtime.settings import Settings, rules_dir
 from jobs.runtime.tables import (
     append_rows,
     current_version,
+    last_data_commit,
     overwrite,
     read_or_empty,
     table_path,
@@ -227,16 +230,24 @@ def _check_targets(spark: SparkSession, root: str, step: str, targets: dict[str,
 
 def _inputs(spark: SparkSession, settings: Settings, name: str, version: int, segment_ids: tuple[str, ...]
             ) -> dict[str, Any]:
-    """What a sync's changes are a function of besides the ledger: the membership, features,
-    recommendations and catalog versions, the segments asked for and the destination's settings
-    (a new target is new work)."""
+    """What a sync's changes are a function of besides the ledger: the membership version, the
+    features it reads, the recommendations and catalog versions, the segments asked for and the
+    destination's settings (a new target is new work)."""
     configured = settings.destinations.file if name == "file" else getattr(settings.destinations, name, None)
     target = json.dumps(configured.model_dump(mode="json") if configured is not None else None, sort_keys=True)
     root = settings.lakehouse.root
-    return {"membership": version, "features": current_version(spark, table_path(root, FEATURES)),
+    return {"membership": version, "features": _features_read(spark, root),
             "recommendations": current_version(spark, table_path(root, RECOMMENDATIONS)),
             "products": current_version(spark, table_path(root, PRODUCTS)),
             "segments": sorted(segment_ids), "target": hashlib.sha256(target.encode()).hexdigest()[:16]}
+
+
+def _features_read(spark: SparkSession, root: str) -> str | int:
+    """The features as a sync reads them: the features stage's digest of the synced columns, kept
+    in its commit (a change elsewhere — days since an event, an age, a city — sends nothing), or
+    the table's version when its last data commit has none (an erasure, an earlier release)."""
+    version, metadata = last_data_commit(spark, table_path(root, FEATURES))
+    return metadata.get("synced") or version
 
 
 def _unchanged(spark: SparkSession, root: str, stage: StageResult, version: int, inputs: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from jobs.destinations import BatchResult
 from jobs.destinations.file import FileDestination
 from jobs.runtime.settings import SyncSettings
 from jobs.runtime.tables import CUSTOMERS_SCHEMA, current_version, read_table, table_path
+from jobs.stages.features import build_features
 from jobs.stages.segment import run_segments
 from jobs.stages.sync import LargeChange, sync
 from tests.conftest import REPO
@@ -52,6 +53,25 @@ def test_first_sync_sends_consenting_members_and_a_second_sends_nothing(spark, l
     runs = read_table(spark, lakehouse.lakehouse.root, "ops.job_runs").where(F.col("job") == "sync:file")
     membership = current_version(spark, table_path(lakehouse.lakehouse.root, "gold.segment_membership"))
     assert [r["sync"][0]["synced_version"] for r in runs.orderBy("started_at").collect()] == [membership] * 2
+
+
+def test_a_features_change_in_columns_no_destination_reads_runs_no_sync_job(spark, lakehouse, write_rows,
+                                                                           customer_row):
+    sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    customers = [customer_row(f"C{i}", consent=i != 6) for i in range(1, 7)]
+
+    def features_with(**changes):
+        customers[1].update(changes)  # C2's profile
+        write_rows(lakehouse, "silver.customers", customers, CUSTOMERS_SCHEMA, mode="overwrite")
+        return build_features(spark, lakehouse, T0)
+
+    assert features_with(city="Denver").data_commits == 1  # the features did change: not in a synced column
+    untouched = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert (untouched.spark_jobs, sum(untouched.commits.values()), untouched.details["unchanged"]) == (0, 0, True)
+
+    assert features_with(first_name="Bea").data_commits == 1  # a field the templates show
+    changed = sync(spark, lakehouse, "file", ("abandoned_cart_24h",))
+    assert [(s.adds, s.removes, s.updates) for s in _plan(changed)] == [(0, 0, 1)]
 
 
 def test_leaving_the_segment_or_withdrawing_consent_removes_and_changes_are_netted(spark, lakehouse, write_rows, customer_row):
