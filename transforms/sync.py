@@ -60,9 +60,8 @@ def desired_members(features: DataFrame, recommendations: DataFrame, products: D
     lists (:data:`PRODUCT_LISTS`, empty when none), and the hash of them all."""
 
     def transform(membership: DataFrame) -> DataFrame:
-        synced = features.select(*SYNCED_FEATURE_COLUMNS)
-        profile = synced.where(F.col("email_consent") & F.col("email").isNotNull()).select(
-            "customer_id", *FEATURE_FIELDS)
+        profile = features.select(*SYNCED_FEATURE_COLUMNS).where(
+            F.col("email_consent") & F.col("email").isNotNull()).drop("email_consent")
         members = membership.select("segment_id", "customer_id").join(profile, "customer_id")
         people = members.select("customer_id").distinct()
         catalog = products.select("product_id", "name", "url", "image_url", "price")

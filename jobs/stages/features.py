@@ -96,7 +96,6 @@ def features_stage(spark: SparkSession, settings: Settings, as_of: datetime, sta
     else:
         features = compute_features(spark, settings, as_of).persist()
         try:
-            # "synced": what a sync reads of them, so a sync can tell when a change sends nothing
             found = digests(features, {"content": CONTENT, "synced": SYNCED_FEATURE_COLUMNS})
             content = found["content"]
             last = last_commit_metadata(spark, path)
